@@ -1,0 +1,5 @@
+"""tokenlab: a terminal sampling lab for language models."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
