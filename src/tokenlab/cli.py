@@ -1,0 +1,433 @@
+"""The `tokenlab` command line: generate, inspect, models, and a demo when run with no command."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import json
+import math
+import secrets
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from tokenlab import __version__
+
+EXIT_BAD_INPUT = 2
+
+app = typer.Typer(
+    name="tokenlab",
+    help="A terminal sampling lab: watch a local language model pick its next token.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+err_console = Console(stderr=True, highlight=False)
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line on stderr with exit code 2."""
+
+
+class OutputFormat(str, Enum):
+    """How generate prints its result."""
+
+    text = "text"
+    jsonl = "jsonl"
+
+
+class InspectFormat(str, Enum):
+    """How inspect prints its result."""
+
+    table = "table"
+    json = "json"
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr and exit code 2 (130 on Ctrl-C)."""
+    from tokenlab.engine import EngineError
+    from tokenlab.engine.models import ModelError
+
+    try:
+        yield
+    except (UserError, EngineError, ModelError, ValueError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    except BrokenPipeError:
+        # the reader went away (e.g. `| head`); nothing more to say
+        sys.stderr.close()
+        raise typer.Exit(0) from None
+
+
+# -- shared options -------------------------------------------------------------------------------
+
+
+@dataclass
+class RunOptions:
+    """The model, prompt-format and sampler flags shared by generate, inspect and the lab."""
+
+    model: str | None = None
+    chat: bool | None = None
+    seed: int | None = None
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    min_keep: int = 1
+    logit_bias: list[str] = field(default_factory=list)
+    ban: list[str] = field(default_factory=list)
+    samplers: str | None = None
+    top_n: int = 20
+    ctx_size: int = 2048
+    threads: int | None = None
+    gpu_layers: int = 0
+
+
+_SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "model": (Optional[str], typer.Option("--model", "-m", help="Catalogue name (see `tokenlab models list`) or path to a .gguf file. Default: smollm2-135m.", rich_help_panel="Model")),
+    "chat": (Optional[bool], typer.Option("--chat/--raw", help="Wrap the prompt in the model's chat template, or feed it as is. Default: chat when the model ships a template.", show_default=False, rich_help_panel="Model")),
+    "ctx_size": (int, typer.Option("--ctx-size", "-c", help="Context size in tokens.", rich_help_panel="Model")),
+    "threads": (Optional[int], typer.Option("--threads", "-t", help="CPU threads. Default: all cores.", rich_help_panel="Model")),
+    "gpu_layers": (int, typer.Option("--gpu-layers", "-ngl", help="Layers to offload to the GPU (Metal/CUDA builds); -1 for all.", rich_help_panel="Model")),
+    "seed": (Optional[int], typer.Option("--seed", "-s", help="Random seed; the same seed, prompt, model and knobs give the same tokens. Default: a random seed (printed).", rich_help_panel="Sampling")),
+    "max_tokens": (int, typer.Option("--max-tokens", "-n", help="Stop after this many tokens.", rich_help_panel="Sampling")),
+    "temperature": (float, typer.Option("--temperature", "--temp", help="Softmax temperature; 0 = greedy.", rich_help_panel="Sampling")),
+    "top_k": (int, typer.Option("--top-k", help="Keep the k most likely tokens; 0 = off.", rich_help_panel="Sampling")),
+    "top_p": (float, typer.Option("--top-p", help="Keep the smallest set whose probability reaches p; 1 = off.", rich_help_panel="Sampling")),
+    "min_p": (float, typer.Option("--min-p", help="Drop tokens below min_p x the top probability; 0 = off.", rich_help_panel="Sampling")),
+    "typical_p": (float, typer.Option("--typical-p", help="Locally typical sampling mass; 1 = off.", rich_help_panel="Sampling")),
+    "repeat_penalty": (float, typer.Option("--repeat-penalty", help="Divide (positive) or multiply (negative) logits of recent tokens; 1 = off.", rich_help_panel="Sampling")),
+    "frequency_penalty": (float, typer.Option("--frequency-penalty", help="Subtract count x this from recent tokens' logits; 0 = off.", rich_help_panel="Sampling")),
+    "presence_penalty": (float, typer.Option("--presence-penalty", help="Subtract this from logits of tokens seen recently; 0 = off.", rich_help_panel="Sampling")),
+    "penalty_last_n": (int, typer.Option("--penalty-last-n", help="How many recent tokens the penalties look at; 0 = off, -1 = all.", rich_help_panel="Sampling")),
+    "min_keep": (int, typer.Option("--min-keep", help="Filters keep at least this many tokens.", rich_help_panel="Sampling")),
+    "logit_bias": (Optional[list[str]], typer.Option("--logit-bias", "-b", help="TOKEN=BIAS added to a token's logit (repeatable). TOKEN is its text, e.g. ' Paris=5', or #ID.", rich_help_panel="Sampling")),
+    "ban": (Optional[list[str]], typer.Option("--ban", help="Never sample TOKEN (text or #ID; repeatable).", rich_help_panel="Sampling")),
+    "samplers": (Optional[str], typer.Option("--samplers", help="Stage order, comma-separated. Default: penalties,top_k,typical_p,top_p,min_p,temperature. Unlisted stages are off.", rich_help_panel="Sampling")),
+    "top_n": (int, typer.Option("--top-n", help="Candidates recorded per step.", rich_help_panel="Output")),
+}
+
+
+def with_run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared model and sampler flags to a command; it receives them as `opts: RunOptions`."""
+    defaults = RunOptions()
+    own = [p for p in inspect.signature(func).parameters.values() if p.name != "opts"]
+    shared = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=getattr(defaults, name) if name not in ("logit_bias", "ban") else None,
+            annotation=Annotated[annotation, option],
+        )
+        for name, (annotation, option) in _SHARED_OPTIONS.items()
+    ]
+    own_positional = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+    own_keyword = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    @functools.wraps(func)
+    def wrapper(**kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in _SHARED_OPTIONS}
+        values["logit_bias"] = values["logit_bias"] or []
+        values["ban"] = values["ban"] or []
+        with user_errors():
+            return func(opts=RunOptions(**values), **kwargs)
+
+    wrapper.__signature__ = inspect.Signature([*own_positional, *own_keyword, *shared])  # type: ignore[attr-defined]
+    return wrapper
+
+
+# -- building a run -------------------------------------------------------------------------------
+
+
+def parse_token(engine: Any, spec: str, flag: str) -> int:
+    """A token given as #ID or as its exact text."""
+    if spec.startswith("#") and spec[1:].isdigit():
+        token_id = int(spec[1:])
+        if token_id >= engine.n_vocab:
+            raise UserError(f"{flag} {spec}: token id is outside the vocabulary (0..{engine.n_vocab - 1})")
+        return token_id
+    if not spec:
+        raise UserError(f"{flag} needs a token: its text or #ID")
+    try:
+        return engine.find_token(spec)
+    except ValueError as exc:
+        raise UserError(f"{flag} {spec!r}: {exc}") from None
+
+
+def parse_logit_bias(engine: Any, specs: list[str]) -> dict[int, float]:
+    """{token id: bias} from TOKEN=BIAS flags (split at the last '=', so a token may contain '=')."""
+    biases: dict[int, float] = {}
+    for spec in specs:
+        token, sep, bias_text = spec.rpartition("=")
+        if not sep or not token:
+            raise UserError(f"--logit-bias {spec!r}: expected TOKEN=BIAS, e.g. ' Paris=5' or '#7042=-2'")
+        try:
+            bias = float(bias_text)
+        except ValueError:
+            raise UserError(f"--logit-bias {spec!r}: {bias_text!r} is not a number") from None
+        if math.isnan(bias) or bias == math.inf:
+            raise UserError(f"--logit-bias {spec!r}: bias must be a finite number or -inf")
+        token_id = parse_token(engine, token, "--logit-bias")
+        biases[token_id] = biases.get(token_id, 0.0) + bias
+    return biases
+
+
+def sampler_params(opts: RunOptions, engine: Any = None) -> Any:
+    """Validated SamplerParams from the flags (token names resolved with the engine's vocabulary)."""
+    from tokenlab.sampling import DEFAULT_ORDER, SamplerParams, parse_samplers
+
+    samplers = parse_samplers(opts.samplers) if opts.samplers is not None else DEFAULT_ORDER
+    logit_bias = parse_logit_bias(engine, opts.logit_bias) if opts.logit_bias else {}
+    ban = tuple(parse_token(engine, spec, "--ban") for spec in opts.ban) if opts.ban else ()
+    return SamplerParams(
+        temperature=opts.temperature,
+        top_k=opts.top_k,
+        top_p=opts.top_p,
+        min_p=opts.min_p,
+        typical_p=opts.typical_p,
+        repeat_penalty=opts.repeat_penalty,
+        frequency_penalty=opts.frequency_penalty,
+        presence_penalty=opts.presence_penalty,
+        penalty_last_n=opts.penalty_last_n,
+        min_keep=opts.min_keep,
+        logit_bias=logit_bias,
+        ban=ban,
+        samplers=samplers,
+    )
+
+
+def check_options(opts: RunOptions) -> None:
+    """Reject out-of-range flags before the model loads (the sampler params validate the rest)."""
+    from tokenlab.sampling import parse_samplers
+
+    if opts.max_tokens < 1:
+        raise UserError(f"--max-tokens must be at least 1, got {opts.max_tokens}")
+    if opts.top_n < 1:
+        raise UserError(f"--top-n must be at least 1, got {opts.top_n}")
+    if opts.seed is not None and not 0 <= opts.seed < 2**63:
+        raise UserError(f"--seed must be a non-negative integer below 2**63, got {opts.seed}")
+    # validate the numeric knobs now, so a bad flag fails fast, before loading a model
+    check = RunOptions(**{**opts.__dict__, "logit_bias": [], "ban": []})
+    if opts.samplers is not None:
+        parse_samplers(opts.samplers)
+    sampler_params(check)
+
+
+def load_engine(opts: RunOptions) -> Any:
+    """Resolve --model (pulling a catalogue model on first use) and load it."""
+    from tokenlab.engine import Engine, EngineOptions
+    from tokenlab.engine.models import resolve_model
+
+    try:
+        engine_options = EngineOptions(n_ctx=opts.ctx_size, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
+    path = resolve_model(opts.model)
+    return Engine(path, engine_options)
+
+
+def prompt_tokens(engine: Any, prompt: str, opts: RunOptions) -> list[int]:
+    """The prompt's token ids in the chosen chat/raw mode, checked against the context size."""
+    if not prompt.strip():
+        raise UserError("the prompt is empty; give some text, e.g. tokenlab generate 'Once upon a time'")
+    tokens = engine.format_prompt(prompt, chat=opts.chat)
+    if len(tokens) >= engine.n_ctx:
+        raise UserError(
+            f"the prompt is {len(tokens)} tokens but the context holds {engine.n_ctx}; "
+            "shorten it or raise --ctx-size"
+        )
+    return tokens
+
+
+def read_prompt(prompt: str) -> str:
+    """The prompt argument, or standard input when it is '-'."""
+    if prompt == "-":
+        return sys.stdin.read()
+    return prompt
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+@app.command()
+@with_run_options
+def generate(
+    prompt: Annotated[str, typer.Argument(help="Text to continue ('-' reads standard input).", show_default=False)],
+    *,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="text streams the output; jsonl prints one JSON object per token and a final summary.", rich_help_panel="Output")] = OutputFormat.text,
+    opts: RunOptions,
+) -> None:
+    """Generate text from PROMPT with the sampler knobs, streaming it to stdout."""
+    from tokenlab.lab import Generation
+
+    prompt = read_prompt(prompt)
+    check_options(opts)
+    if not prompt.strip():
+        raise UserError("the prompt is empty; give some text, e.g. tokenlab generate 'Once upon a time'")
+    engine = load_engine(opts)
+    params = sampler_params(opts, engine)
+    seed = opts.seed if opts.seed is not None else secrets.randbits(32)
+    generation = Generation(
+        engine, prompt_tokens(engine, prompt, opts), params,
+        seed=seed, max_tokens=opts.max_tokens, top_n=opts.top_n,
+    )
+    out = sys.stdout
+    started = time.perf_counter()
+    for step in generation.run():
+        if output_format is OutputFormat.jsonl:
+            out.write(json.dumps(step.to_json(), ensure_ascii=False) + "\n")
+        else:
+            out.write(step.text)
+        out.flush()
+    wall = time.perf_counter() - started
+    tokens = len(generation.steps)
+    tokens_per_second = tokens / wall if wall > 0 else 0.0
+    text = generation.text + generation.held_text
+    if output_format is OutputFormat.jsonl:
+        summary = {
+            "done": True,
+            "text": text,
+            "stop_reason": generation.stop_reason,
+            "tokens": tokens,
+            "tokens_per_second": round(tokens_per_second, 2),
+            "seed": seed,
+            "prompt_tokens": len(generation.prompt_tokens),
+            "model": engine.name,
+        }
+        out.write(json.dumps(summary, ensure_ascii=False) + "\n")
+    else:
+        out.write(generation.held_text + "\n")
+        err_console.print(
+            f"[dim]{tokens} tokens · {tokens_per_second:.1f} tok/s · stop: {generation.stop_reason} · seed {seed}[/]",
+            markup=True,
+        )
+    out.flush()
+
+
+@app.command("inspect")
+@with_run_options
+def inspect_command(
+    prompt: Annotated[str, typer.Argument(help="Text whose next token to inspect ('-' reads standard input).", show_default=False)],
+    *,
+    output_format: Annotated[InspectFormat, typer.Option("--format", "-f", help="table (rich) or json.", rich_help_panel="Output")] = InspectFormat.table,
+    opts: RunOptions,
+) -> None:
+    """Show the next-token distribution after PROMPT: the top candidates and what each stage kept."""
+    from tokenlab.lab import Generation, entropy_bits
+    from tokenlab.render import candidates_table
+
+    prompt = read_prompt(prompt)
+    check_options(opts)
+    if not prompt.strip():
+        raise UserError("the prompt is empty; give some text, e.g. tokenlab inspect 'The capital of France is'")
+    engine = load_engine(opts)
+    params = sampler_params(opts, engine)
+    generation = Generation(engine, prompt_tokens(engine, prompt, opts), params, seed=0, top_n=opts.top_n)
+    frontier = generation.frontier()
+    candidates = frontier.candidates(engine.token_text, opts.top_n)
+    result = frontier.result
+    stages = [{"name": stage.name, "kept": int(stage.n_kept)} for stage in result.stages]
+    final_entropy = entropy_bits(result.final_probs)
+    if output_format is InspectFormat.json:
+        payload = {
+            "model": engine.name,
+            "prompt_tokens": len(generation.prompt_tokens),
+            "candidates": [candidate.to_json() for candidate in candidates],
+            "entropy": frontier.raw.entropy_bits,
+            "final_entropy": final_entropy,
+            "entropy_unit": "bits",
+            "survivors": int(result.final_ids.shape[0]),
+            "stages": stages,
+        }
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        return
+    console = Console(highlight=False)
+    console.print(candidates_table(candidates, title=f"next token after the prompt · {engine.name}"))
+    pipeline = " → ".join(f"{stage['name']} ({stage['kept']:,})" for stage in stages) or "(no stage active)"
+    console.print(f"vocabulary {engine.n_vocab:,} → {pipeline}")
+    console.print(
+        f"entropy: raw {frontier.raw.entropy_bits:.3f} bits · final {final_entropy:.3f} bits · "
+        f"{result.final_ids.shape[0]:,} tokens can be drawn"
+    )
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """A terminal sampling lab: watch a local language model pick its next token.
+
+    With no command, runs a short demo generation on the default model, heat-coloured by probability.
+    """
+    if version:
+        typer.echo(f"tokenlab {__version__}")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        with user_errors():
+            demo()
+
+
+def demo(prompt: str = "Write one sentence about the sea.", max_tokens: int = 48) -> None:
+    """Generate a short answer on the default model and print it heat-coloured, with its legend."""
+    from tokenlab.lab import Generation
+    from tokenlab.render import candidates_table, heat_legend, heat_text
+
+    opts = RunOptions(max_tokens=max_tokens, seed=secrets.randbits(32))
+    console = Console(highlight=False)
+    engine = load_engine(opts)
+    generation = Generation(
+        engine, prompt_tokens(engine, prompt, opts), sampler_params(opts, engine),
+        seed=opts.seed or 0, max_tokens=max_tokens,
+    )
+    console.print(f"[bold]tokenlab[/] · {engine.name} · chat · seed {opts.seed}")
+    console.print(f"[dim]prompt:[/] {prompt}")
+    steps = list(generation.run())
+    console.print(heat_text(steps))
+    console.print(heat_legend())
+    if steps:
+        least = min(steps, key=lambda step: step.prob)
+        console.print(candidates_table(least.top[:8], chosen=least.id,
+                                       title=f"the least likely pick: step {least.index}, '{least.piece}'"))
+    console.print(
+        f"[dim]{len(steps)} tokens · {generation.tokens_per_second:.1f} tok/s · stop: {generation.stop_reason}. "
+        "Try: tokenlab generate 'Once upon a time' --temperature 1.2 · tokenlab inspect 'The capital of France is'[/]"
+    )
+
+
+def _mount_models() -> None:
+    from tokenlab.commands.models import app as models_app
+
+    app.add_typer(models_app, name="models", help="List, pull and locate GGUF models.")
+
+
+_mount_models()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

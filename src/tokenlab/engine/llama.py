@@ -1,0 +1,247 @@
+"""The llama.cpp engine: load a GGUF, tokenize, decode with KV-prefix reuse, hand back logits."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokenlab.engine.text import escape_piece
+
+
+class EngineError(Exception):
+    """A user-facing engine failure; str() is one line saying what was wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Runtime options of a loaded model."""
+
+    n_ctx: int = 2048
+    """Context size in tokens (prompt plus generated text)."""
+    n_threads: int | None = None
+    """CPU threads for decoding; None uses every core."""
+    n_gpu_layers: int = 0
+    """Layers offloaded to the GPU (Metal or CUDA builds); -1 offloads all."""
+    n_batch: int = 512
+    """Tokens decoded per llama_decode call when evaluating a prompt."""
+
+    def __post_init__(self) -> None:
+        if self.n_ctx < 16:
+            raise ValueError(f"ctx_size must be at least 16, got {self.n_ctx}")
+        if self.n_threads is not None and self.n_threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.n_threads}")
+        if self.n_gpu_layers < -1:
+            raise ValueError(f"gpu_layers must be -1 (all) or >= 0, got {self.n_gpu_layers}")
+        if self.n_batch < 1:
+            raise ValueError(f"n_batch must be at least 1, got {self.n_batch}")
+
+
+class Engine:
+    """One llama.cpp model and context: tokenizes, decodes with prefix reuse, returns the last logits row.
+
+    The engine never samples. `evaluate(tokens)` makes the KV cache hold exactly `tokens`, decoding only
+    the suffix that differs from what the cache already holds, and returns a float32 copy of the logits
+    of the last position.
+    """
+
+    def __init__(self, model_path: str | Path, options: EngineOptions | None = None) -> None:
+        import llama_cpp  # deferred: importing it loads the shared library
+
+        self.options = options or EngineOptions()
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise EngineError(f"model file not found: {self.model_path}")
+        n_threads = self.options.n_threads or os.cpu_count() or 1
+        try:
+            self._llama = llama_cpp.Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.options.n_ctx,
+                n_batch=min(self.options.n_batch, self.options.n_ctx),
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                n_gpu_layers=self.options.n_gpu_layers,
+                logits_all=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise EngineError(
+                f"llama.cpp could not load {self.model_path.name}: {exc} "
+                "(is it a complete GGUF file of a supported architecture?)"
+            ) from None
+        self._lib = llama_cpp
+        self._vocab = self._llama._model.vocab
+        self.n_vocab: int = int(self._llama.n_vocab())
+        # llama.cpp may round the context up; the Llama wrapper's buffers have the size we asked for
+        self.n_ctx: int = min(int(self._llama.n_ctx()), self.options.n_ctx)
+        self.n_threads = n_threads
+        self.metadata: dict[str, str] = dict(self._llama.metadata)
+        self.chat_template: str | None = self.metadata.get("tokenizer.chat_template")
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self.tokens: list[int] = []
+        """Tokens the KV cache holds, position by position."""
+        self.decoded_tokens = 0
+        """Tokens passed to llama_decode since load (proves prefix reuse in tests and benchmarks)."""
+        self.decode_calls = 0
+
+    # -- model facts -------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """A short human name: the GGUF's general.name, or its file name."""
+        return self.metadata.get("general.name") or self.model_path.stem
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the model ships a chat template in its GGUF metadata."""
+        return bool(self.chat_template)
+
+    @property
+    def llama(self):  # noqa: ANN201 - the llama_cpp.Llama object, for low-level callers and tests
+        """The underlying llama_cpp.Llama (tests compare against its own sampler)."""
+        return self._llama
+
+    def is_eog(self, token_id: int) -> bool:
+        """Whether the token ends generation (EOS, EOT, ...)."""
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token_id))
+
+    @property
+    def eos_id(self) -> int:
+        """The model's end-of-sequence token id."""
+        return int(self._llama.token_eos())
+
+    # -- text ------------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_bos: bool = True, special: bool = True) -> list[int]:
+        """Token ids of `text`, with the model's BOS when it wants one (as create_completion does)."""
+        ids = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        bos = int(self._llama.token_bos())
+        if add_bos and bos >= 0 and self._llama._model.add_bos_token():
+            ids = [bos, *ids]
+        return list(ids)
+
+    def piece(self, token_id: int) -> bytes:
+        """The raw bytes of one token (special tokens rendered as their text), cached."""
+        cached = self._pieces.get(token_id)
+        if cached is not None:
+            return cached
+        if not 0 <= token_id < self.n_vocab:
+            raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.n_vocab - 1})")
+        buffer = self._piece_buffer
+        size = self._lib.llama_token_to_piece(self._vocab, token_id, buffer, len(buffer), 0, True)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = self._lib.llama_token_to_piece(self._vocab, token_id, buffer, len(buffer), 0, True)
+        data = bytes(buffer.raw[:size])
+        self._pieces[token_id] = data
+        return data
+
+    def token_text(self, token_id: int) -> str:
+        """A token as readable text: invalid UTF-8 bytes shown as \\xNN escapes."""
+        return escape_piece(self.piece(token_id))
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of several tokens joined (bytes first, so split characters come out whole)."""
+        return b"".join(self.piece(t) for t in token_ids).decode("utf-8", errors="replace")
+
+    def find_token(self, text: str) -> int:
+        """The id of the single token spelled `text`; ValueError when it is not exactly one token."""
+        ids = self._llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if len(ids) != 1:
+            raise ValueError(
+                f"{text!r} is {len(ids)} tokens for this model, not one; use #ID to name a token by id"
+            )
+        return int(ids[0])
+
+    def format_prompt(self, prompt: str, *, chat: bool | None = None) -> list[int]:
+        """Token ids of a prompt, wrapped in the model's chat template when `chat` (default: when it has one)."""
+        use_chat = self.has_chat_template if chat is None else chat
+        if not use_chat:
+            return self.tokenize(prompt)
+        if not self.chat_template:
+            raise EngineError(
+                f"{self.name} ships no chat template; run it with --raw to feed the prompt as is"
+            )
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        bos_id, eos_id = int(self._llama.token_bos()), int(self._llama.token_eos())
+        formatter = Jinja2ChatFormatter(
+            template=self.chat_template,
+            eos_token=self.token_text(eos_id) if eos_id >= 0 else "",
+            bos_token=self.token_text(bos_id) if bos_id >= 0 else "",
+        )
+        rendered = formatter(messages=[{"role": "user", "content": prompt}])
+        return self.tokenize(rendered.prompt, add_bos=not rendered.added_special)
+
+    # -- decoding --------------------------------------------------------------------------------
+
+    def evaluate(self, tokens: Sequence[int]) -> np.ndarray:
+        """Make the cache hold exactly `tokens` and return the float32 logits after the last one.
+
+        Only the suffix that differs from the cached tokens is decoded; the shared prefix stays in the
+        KV cache. When `tokens` is entirely cached, the last token is decoded again to get its logits.
+        """
+        tokens = [int(t) for t in tokens]
+        if not tokens:
+            raise ValueError("cannot evaluate an empty token sequence")
+        if len(tokens) > self.n_ctx:
+            raise EngineError(
+                f"{len(tokens)} tokens do not fit the context of {self.n_ctx}; "
+                "shorten the prompt or raise --ctx-size"
+            )
+        cached = self.tokens
+        if len(cached) < len(tokens) and cached == tokens[: len(cached)]:
+            shared = len(cached)  # the common case, one more token: compared in C, no Python loop
+        else:
+            shared = 0
+            limit = min(len(cached), len(tokens))
+            while shared < limit and cached[shared] == tokens[shared]:
+                shared += 1
+        if shared == len(tokens):
+            shared -= 1  # the logits of the last position are gone once anything after it was decoded
+        self._decode_from(shared, tokens[shared:])
+        self.tokens = tokens
+        return self.last_logits()
+
+    def append(self, token_id: int) -> np.ndarray:
+        """Decode one more token after the cached ones and return the new logits."""
+        if len(self.tokens) + 1 > self.n_ctx:
+            raise EngineError(f"the context of {self.n_ctx} tokens is full")
+        self._decode_from(len(self.tokens), [int(token_id)])
+        self.tokens.append(int(token_id))
+        return self.last_logits()
+
+    def _decode_from(self, position: int, suffix: Sequence[int]) -> None:
+        """Drop the cache from `position` on, then decode `suffix` there (logits for its last token only)."""
+        self._llama.n_tokens = position  # Llama.eval truncates the KV cache to n_tokens first
+        try:
+            self._llama.eval(list(suffix))
+        except RuntimeError as exc:
+            self.tokens = self.tokens[:position]
+            self._llama.n_tokens = position
+            raise EngineError(f"llama.cpp failed to decode: {exc}") from None
+        self.decoded_tokens += len(suffix)
+        self.decode_calls += 1
+
+    def last_logits(self) -> np.ndarray:
+        """A float32 copy of the logits llama.cpp wrote for the last decoded position."""
+        pointer = self._lib.llama_get_logits_ith(self._llama.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+
+    def reset(self) -> None:
+        """Forget the cached tokens (the next evaluate decodes everything)."""
+        self._llama.reset()
+        self._llama._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self.tokens = []
+
+    def close(self) -> None:
+        """Free the model and context."""
+        llama = getattr(self, "_llama", None)
+        if llama is not None:
+            llama.close()
+            self._llama = None

@@ -1,0 +1,203 @@
+"""The generation loop: ask the engine for logits, run the pipeline, draw, record a Step."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from tokenlab.engine import Engine, EngineError, Utf8Stream
+from tokenlab.lab.step import DEFAULT_TOP_N, Frontier, Step, entropy_bits
+from tokenlab.sampling import PipelineResult, SamplerParams
+
+STOP_EOS = "eos"
+STOP_MAX_TOKENS = "max_tokens"
+STOP_CONTEXT_FULL = "context_full"
+
+
+def step_rng(seed: int, index: int) -> np.random.Generator:
+    """The random generator for step `index` of a run with `seed`.
+
+    Each step draws from its own stream, seeded by (seed, index), so a run is reproducible and a
+    branch that forces a token at step i continues exactly as a fresh run with that prefix would.
+    """
+    return np.random.default_rng((seed, index))
+
+
+class Generation:
+    """One run from a prompt: steps so far, the frontier step, and why it stopped.
+
+    Drive it with `step()` (one token) or `run()` (until it stops). `choose(i, token)` forces a token
+    at step i and drops what came after; `rewind(i)` and `regenerate()` go back. The engine's KV cache
+    keeps the shared prefix in every case, so only the new suffix is decoded.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        prompt_tokens: Sequence[int],
+        params: SamplerParams | None = None,
+        *,
+        seed: int = 0,
+        max_tokens: int = 256,
+        top_n: int = DEFAULT_TOP_N,
+    ) -> None:
+        if not prompt_tokens:
+            raise EngineError("the prompt is empty; give some text to continue")
+        if len(prompt_tokens) >= engine.n_ctx:
+            raise EngineError(
+                f"the prompt is {len(prompt_tokens)} tokens but the context holds {engine.n_ctx}; "
+                "shorten the prompt or raise --ctx-size"
+            )
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        if top_n < 1:
+            raise ValueError(f"top_n must be at least 1, got {top_n}")
+        self.engine = engine
+        self.prompt_tokens: tuple[int, ...] = tuple(int(t) for t in prompt_tokens)
+        self.params = params or SamplerParams()
+        self.seed = int(seed)
+        self.max_tokens = int(max_tokens)
+        self.top_n = int(top_n)
+        self.steps: list[Step] = []
+        self.stop_reason: str | None = None
+        self._frontier: Frontier | None = None
+        self._utf8 = Utf8Stream()
+        self.started_at: float | None = None
+        self.elapsed = 0.0
+        """Seconds spent inside step() (decode + pipeline + record)."""
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def generated_ids(self) -> list[int]:
+        """Token ids generated so far."""
+        return [step.id for step in self.steps]
+
+    @property
+    def context(self) -> list[int]:
+        """Prompt and generated token ids: what the model has seen (or will see next)."""
+        return [*self.prompt_tokens, *self.generated_ids]
+
+    @property
+    def text(self) -> str:
+        """The generated text (characters still incomplete at the end are not included)."""
+        return "".join(step.text for step in self.steps)
+
+    @property
+    def held_text(self) -> str:
+        """Bytes held back at the end for an incomplete character, shown with U+FFFD."""
+        return self._utf8.pending.decode("utf-8", errors="replace")
+
+    @property
+    def done(self) -> bool:
+        """Whether generation stopped (eos, max_tokens or context_full)."""
+        return self.stop_reason is not None
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens per second of step() time."""
+        return len(self.steps) / self.elapsed if self.elapsed > 0 else 0.0
+
+    def frontier(self) -> Frontier:
+        """The next step's retained logits and pipeline result (decodes what the cache lacks)."""
+        if self._frontier is None:
+            context = self.context
+            logits = self.engine.evaluate(context)
+            self._frontier = Frontier(logits=logits, history=tuple(context), params=self.params)
+        elif self._frontier.params != self.params:
+            self._frontier.resample(self.params)
+        return self._frontier
+
+    def set_params(self, params: SamplerParams) -> PipelineResult | None:
+        """Use new knobs from the next token on; returns the frontier re-sampled with them, if any."""
+        self.params = params
+        if self._frontier is not None:
+            return self._frontier.resample(params)
+        return None
+
+    # -- moving ----------------------------------------------------------------------------------
+
+    def step(self) -> Step | None:
+        """Sample one token; None once generation has stopped."""
+        if self.stop_reason is not None:
+            return None
+        if len(self.steps) >= self.max_tokens:
+            self.stop_reason = STOP_MAX_TOKENS
+            return None
+        started = time.perf_counter()
+        frontier = self.frontier()
+        token_id = frontier.result.draw(step_rng(self.seed, len(self.steps)))
+        step = self._record(frontier, token_id, forced=False)
+        self.elapsed += time.perf_counter() - started
+        return step
+
+    def force(self, token_id: int) -> Step:
+        """Append `token_id` at the frontier as if the sampler had drawn it."""
+        if not 0 <= token_id < self.engine.n_vocab:
+            raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.engine.n_vocab - 1})")
+        self.stop_reason = None
+        return self._record(self.frontier(), int(token_id), forced=True)
+
+    def run(self) -> Iterator[Step]:
+        """Steps until eos, max_tokens or a full context."""
+        while (step := self.step()) is not None:
+            yield step
+
+    def rewind(self, index: int) -> None:
+        """Drop steps from `index` on; the next step() samples position `index` again."""
+        if not 0 <= index <= len(self.steps):
+            raise IndexError(f"step {index} does not exist (0..{len(self.steps)})")
+        del self.steps[index:]
+        self.stop_reason = None
+        self._frontier = None
+        self._utf8 = Utf8Stream()
+        for step in self.steps:
+            self._utf8.push(self.engine.piece(step.id))
+
+    def choose(self, index: int, token_id: int) -> Step:
+        """Replace the token at step `index` with `token_id`; the text after it is dropped."""
+        self.rewind(index)
+        return self.force(token_id)
+
+    def regenerate(self, seed: int | None = None) -> None:
+        """Start over from the prompt (the prompt stays in the KV cache), optionally with a new seed."""
+        if seed is not None:
+            self.seed = int(seed)
+        self.rewind(0)
+        self.elapsed = 0.0
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def _record(self, frontier: Frontier, token_id: int, *, forced: bool) -> Step:
+        index = len(self.steps)
+        result = frontier.result
+        eog = self.engine.is_eog(token_id)
+        piece_bytes = self.engine.piece(token_id)
+        text = "" if eog else self._utf8.push(piece_bytes)
+        raw = frontier.raw
+        step = Step(
+            index=index,
+            id=token_id,
+            piece=self.engine.token_text(token_id),
+            text=text,
+            logit=float(frontier.logits[token_id]),
+            prob=raw.prob(token_id),
+            final_prob=result.prob_of(token_id),
+            rank=raw.rank(token_id) + 1,
+            entropy=raw.entropy_bits,
+            final_entropy=entropy_bits(result.final_probs),
+            top=frontier.candidates(self.engine.token_text, self.top_n, extra=(token_id,)),
+            forced=forced,
+            eog=eog,
+        )
+        self.steps.append(step)
+        self._frontier = None
+        if eog:
+            self.stop_reason = STOP_EOS
+        elif len(self.prompt_tokens) + len(self.steps) >= self.engine.n_ctx:
+            self.stop_reason = STOP_CONTEXT_FULL
+        elif len(self.steps) >= self.max_tokens:
+            self.stop_reason = STOP_MAX_TOKENS
+        return step

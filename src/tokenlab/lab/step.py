@@ -1,0 +1,151 @@
+"""The compact record of one generation step, and the frontier step that can be re-sampled live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams, raw_stats
+
+DEFAULT_TOP_N = 20
+"""Candidates kept in a step's record."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One token the model weighed at a step."""
+
+    id: int
+    text: str
+    """The token's text, with bytes that are not valid UTF-8 on their own shown as \\xNN."""
+    logit: float
+    prob: float
+    """Softmax of the untouched logits (T = 1)."""
+    final_prob: float
+    """Probability after the sampler pipeline; 0 when a stage removed the token."""
+    removed_by: str | None
+    """Name of the stage that removed the token, None if it survived."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The candidate as plain JSON values."""
+        return {
+            "id": self.id,
+            "text": self.text,
+            "logit": self.logit,
+            "prob": self.prob,
+            "final_prob": self.final_prob,
+            "removed_by": self.removed_by,
+        }
+
+
+@dataclass(frozen=True)
+class Step:
+    """What happened at one position: the token chosen and the candidates it beat."""
+
+    index: int
+    """0-based position in the generated text."""
+    id: int
+    piece: str
+    """The chosen token's own text (escaped like Candidate.text)."""
+    text: str
+    """Text this token added to the output: "" while a UTF-8 character is incomplete, and for end-of-generation."""
+    logit: float
+    prob: float
+    """Raw probability of the chosen token (softmax of the untouched logits, T = 1)."""
+    final_prob: float
+    """Probability the sampler pipeline gave the chosen token."""
+    rank: int
+    """Raw rank of the chosen token: 1 is the model's most likely token."""
+    entropy: float
+    """Entropy of the raw distribution, in bits."""
+    final_entropy: float
+    """Entropy of the final distribution, in bits."""
+    top: tuple[Candidate, ...]
+    """The top-N candidates by raw probability (plus the chosen token when it ranks lower)."""
+    forced: bool = False
+    """True when the user chose this token instead of the sampler."""
+    eog: bool = False
+    """True when the token ends generation (EOS, EOT)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The step as the JSON object `tokenlab generate --format jsonl` prints."""
+        return {
+            "step": self.index,
+            "id": self.id,
+            "text": self.text,
+            "piece": self.piece,
+            "prob": self.prob,
+            "final_prob": self.final_prob,
+            "rank": self.rank,
+            "entropy": self.entropy,
+            "final_entropy": self.final_entropy,
+            "forced": self.forced,
+            "eog": self.eog,
+            "top": [
+                {"id": c.id, "text": c.text, "prob": c.prob, "final_prob": c.final_prob,
+                 "removed_by": c.removed_by}
+                for c in self.top
+            ],
+        }
+
+
+def entropy_bits(probs: np.ndarray) -> float:
+    """Shannon entropy of a probability vector, in bits (zeros ignored)."""
+    nonzero = probs[probs > 0]
+    return float(-(nonzero * np.log2(nonzero)).sum()) if nonzero.size else 0.0
+
+
+@dataclass
+class Frontier:
+    """The step about to be sampled: its full logits row is kept so knobs can re-sample it live."""
+
+    logits: np.ndarray
+    """float32 logits of the next position, one per vocabulary entry."""
+    history: tuple[int, ...]
+    """Token ids of the context (prompt and generated text) the penalties look at."""
+    params: SamplerParams
+    result: PipelineResult = field(init=False)
+    raw: RawStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.raw = raw_stats(self.logits)
+        self.result = Pipeline(self.params).run(self.logits, self.history)
+
+    def resample(self, params: SamplerParams) -> PipelineResult:
+        """Re-run the pipeline on the retained logits with new params (no model call)."""
+        if params != self.params:
+            self.params = params
+            self.result = Pipeline(params).run(self.logits, self.history)
+        return self.result
+
+    def top_ids(self, n: int) -> np.ndarray:
+        """Ids of the n most likely tokens by raw logit, most likely first."""
+        n = min(n, self.logits.shape[0])
+        if n <= 0:
+            return np.empty(0, dtype=np.int64)
+        if n < self.logits.shape[0]:
+            part = np.argpartition(self.logits, -n)[-n:]
+        else:
+            part = np.arange(self.logits.shape[0])
+        order = np.lexsort((part, -self.logits[part].astype(np.float64)))
+        return part[order].astype(np.int64)
+
+    def candidates(self, token_text, n: int = DEFAULT_TOP_N, extra: tuple[int, ...] = ()) -> tuple[Candidate, ...]:  # noqa: ANN001
+        """The top-n raw candidates (and any `extra` ids) with raw and final probability and who removed them."""
+        ids = [int(i) for i in self.top_ids(n)]
+        for token_id in extra:
+            if token_id not in ids:
+                ids.append(int(token_id))
+        return tuple(
+            Candidate(
+                id=token_id,
+                text=token_text(token_id),
+                logit=float(self.logits[token_id]),
+                prob=self.raw.prob(token_id),
+                final_prob=self.result.prob_of(token_id),
+                removed_by=self.result.removed_by(token_id),
+            )
+            for token_id in ids
+        )

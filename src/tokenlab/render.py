@@ -1,0 +1,85 @@
+"""Heat colours and rich renderables shared by the CLI and the TUI."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from rich.table import Table
+from rich.text import Text
+
+from tokenlab.engine.text import visible
+from tokenlab.lab.step import Candidate, Step
+
+# Anchors of the red -> yellow -> green scale (low probability is red).
+_RED = (190, 40, 40)
+_YELLOW = (200, 170, 30)
+_GREEN = (40, 150, 60)
+
+
+def heat_color(value: float) -> str:
+    """A hex colour on the red -> yellow -> green scale for a value in [0, 1]."""
+    value = 0.0 if math.isnan(value) else min(1.0, max(0.0, value))
+    if value < 0.5:
+        low, high, t = _RED, _YELLOW, value / 0.5
+    else:
+        low, high, t = _YELLOW, _GREEN, (value - 0.5) / 0.5
+    r, g, b = (round(a + (b - a) * t) for a, b in zip(low, high))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def prob_heat(prob: float) -> float:
+    """Map a probability to the heat scale on a log axis, so 1% and 10% look different (1e-4 -> 0, 1 -> 1)."""
+    if prob <= 0:
+        return 0.0
+    return min(1.0, max(0.0, 1.0 + math.log10(prob) / 4.0))
+
+
+def heat_text(steps: Iterable[Step], *, use_final: bool = False) -> Text:
+    """The generated text with each token's background coloured by its probability."""
+    text = Text()
+    for step in steps:
+        shown = step.text if not step.eog else step.piece
+        if not shown:
+            continue
+        shown = shown.replace("\n", "↵\n")
+        prob = step.final_prob if use_final else step.prob
+        text.append(shown, style=f"black on {heat_color(prob_heat(prob))}")
+    return text
+
+
+def heat_legend() -> Text:
+    """A one-line legend of the heat scale."""
+    legend = Text("probability: ")
+    for label, prob in (("<0.01%", 1e-5), ("0.1%", 1e-3), ("1%", 1e-2), ("10%", 0.1), ("50%", 0.5), ("100%", 1.0)):
+        legend.append(f" {label} ", style=f"black on {heat_color(prob_heat(prob))}")
+    return legend
+
+
+def candidates_table(candidates: Iterable[Candidate], *, chosen: int | None = None, title: str | None = None) -> Table:
+    """A rich table of candidates: rank, token, raw and final probability, and the stage that removed it."""
+    table = Table(title=title, title_justify="left", expand=False)
+    table.add_column("rank", justify="right")
+    table.add_column("id", justify="right", style="dim")
+    table.add_column("token")
+    table.add_column("logit", justify="right")
+    table.add_column("raw p", justify="right")
+    table.add_column("final p", justify="right")
+    table.add_column("", min_width=12)
+    table.add_column("removed by", style="dim")
+    for rank, candidate in enumerate(candidates, start=1):
+        bar = "█" * round(candidate.final_prob * 12)
+        removed = candidate.removed_by is not None
+        style = "dim" if removed else ("bold" if candidate.id == chosen else "")
+        table.add_row(
+            str(rank),
+            str(candidate.id),
+            Text(f"'{visible(candidate.text)}'"),
+            f"{candidate.logit:.3f}",
+            f"{candidate.prob:.4f}",
+            f"{candidate.final_prob:.4f}",
+            Text(bar, style=heat_color(prob_heat(candidate.final_prob))),
+            candidate.removed_by or "",
+            style=style,
+        )
+    return table

@@ -1,0 +1,111 @@
+"""The llama.cpp engine on the real default model: prefix reuse, logits, UTF-8, chat template."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tokenlab.engine import Engine, EngineError, EngineOptions, Utf8Stream
+
+PROMPT = "The capital of France is"
+
+
+def test_loads_default_model(engine: Engine) -> None:
+    assert engine.n_vocab == 49152
+    assert engine.has_chat_template
+    logits = engine.evaluate(engine.tokenize(PROMPT))
+    assert logits.shape == (engine.n_vocab,)
+    assert logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+    assert engine.token_text(int(np.argmax(logits))) == " Paris"
+
+
+def test_logits_are_a_copy(engine: Engine) -> None:
+    first = engine.evaluate(engine.tokenize(PROMPT))
+    kept = first.copy()
+    engine.evaluate(engine.tokenize("Once upon a time"))
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_prefix_reuse_decodes_only_the_new_suffix(fresh_engine: Engine) -> None:
+    engine = fresh_engine
+    prompt = engine.tokenize(PROMPT)
+    engine.evaluate(prompt)
+    assert engine.decoded_tokens == len(prompt)
+
+    generated = []
+    logits = engine.evaluate(prompt)  # fully cached: only the last token is decoded again
+    assert engine.decoded_tokens == len(prompt) + 1
+    for _ in range(5):
+        token = int(np.argmax(logits))
+        generated.append(token)
+        logits = engine.append(token)
+    assert engine.decoded_tokens == len(prompt) + 1 + 5
+
+    # branch at generated step 2 with a different token: prompt + 2 tokens stay cached
+    before = engine.decoded_tokens
+    other = int(np.argsort(engine.evaluate(prompt + generated[:2]))[-2])
+    assert engine.decoded_tokens == before + 1  # the last cached token, re-decoded for its logits
+    engine.evaluate(prompt + generated[:2] + [other])
+    assert engine.decoded_tokens == before + 2
+    assert engine.tokens == prompt + generated[:2] + [other]
+
+
+def test_reused_prefix_gives_the_same_logits_as_a_fresh_decode(engine: Engine, model_path) -> None:
+    prompt = engine.tokenize(PROMPT)
+    engine.evaluate(prompt + engine.tokenize(" Paris. The capital of Spain", add_bos=False))
+    reused = engine.evaluate(prompt + engine.tokenize(" Paris. The capital of Italy", add_bos=False))
+    fresh_engine = Engine(model_path, EngineOptions(n_ctx=256))
+    try:
+        fresh = fresh_engine.evaluate(prompt + engine.tokenize(" Paris. The capital of Italy", add_bos=False))
+    finally:
+        fresh_engine.close()
+    assert int(np.argmax(reused)) == int(np.argmax(fresh))
+    np.testing.assert_allclose(reused, fresh, atol=2e-2)
+
+
+def test_utf8_stream_holds_split_characters() -> None:
+    stream = Utf8Stream()
+    llama = "🦙".encode()
+    assert stream.push(b"a" + llama[:1]) == "a"
+    assert stream.pending == llama[:1]
+    assert stream.push(llama[1:3]) == ""
+    assert stream.push(llama[3:] + b"!") == "🦙!"
+    assert stream.flush() == ""
+    broken = Utf8Stream()
+    broken.push(llama[:2])
+    assert broken.flush() == "\ufffd"
+
+
+def test_emoji_tokens_end_mid_character(engine: Engine) -> None:
+    ids = engine.tokenize("🦙", add_bos=False)
+    assert len(ids) > 1, "the default model splits this emoji across byte tokens"
+    pieces = [engine.piece(i) for i in ids]
+    assert b"".join(pieces) == "🦙".encode()
+    assert any(piece.decode("utf-8", errors="ignore") != piece.decode("utf-8", errors="replace") for piece in pieces)
+    assert "\\x" in engine.token_text(ids[0])  # tables show the lone bytes escaped, never as U+FFFD
+
+
+def test_chat_template_wraps_the_prompt(engine: Engine) -> None:
+    chat = engine.format_prompt("Hello", chat=True)
+    raw = engine.format_prompt("Hello", chat=False)
+    chat_text = engine.detokenize(chat)
+    assert "<|im_start|>user\nHello<|im_end|>" in chat_text
+    assert chat_text.endswith("<|im_start|>assistant\n")
+    assert engine.detokenize(raw) == "Hello"
+    assert engine.format_prompt("Hello") == chat  # default for a model that ships a template
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(model_path) -> None:
+    small = Engine(model_path, EngineOptions(n_ctx=32))
+    try:
+        with pytest.raises(EngineError, match="do not fit the context of 32"):
+            small.evaluate(small.tokenize("word " * 100))
+    finally:
+        small.close()
+
+
+def test_not_a_gguf_is_a_clear_error(tmp_path) -> None:
+    missing = tmp_path / "nothing.gguf"
+    with pytest.raises(EngineError, match="model file not found"):
+        Engine(missing)
