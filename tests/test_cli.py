@@ -90,11 +90,14 @@ def test_inspect_table_and_logit_bias_and_ban(model_path: Path) -> None:
     biased = tokenlab("inspect", PROMPT, "--raw", "--format", "json", "--logit-bias", " Paris=-100", "--ban", " the")
     payload = json.loads(biased.stdout)
     by_text = {c["text"]: c for c in payload["candidates"]}
-    assert " Paris" not in by_text or by_text[" Paris"]["final_prob"] == 0.0
-    assert payload["candidates"][0]["text"] != " Paris"
+    # candidates are listed by raw probability: Paris is still first, but the bias took it out
+    assert payload["candidates"][0]["text"] == " Paris"
+    assert by_text[" Paris"]["final_prob"] == 0.0 and by_text[" Paris"]["removed_by"] is not None
+    assert by_text[" the"]["final_prob"] == 0.0 and by_text[" the"]["removed_by"] == "ban"
+    assert max(payload["candidates"], key=lambda c: c["final_prob"])["text"] not in (" Paris", " the")
 
     by_id = tokenlab("inspect", PROMPT, "--raw", "--format", "json", "--logit-bias", "#7042=-100")
-    assert json.loads(by_id.stdout)["candidates"][0]["text"] != " Paris"
+    assert json.loads(by_id.stdout)["candidates"][0]["final_prob"] == 0.0
 
 
 def test_prompt_from_stdin(model_path: Path) -> None:

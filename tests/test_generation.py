@@ -47,7 +47,9 @@ def test_greedy_equals_llama_cpp_python_greedy_completion(engine: Engine, model_
 
 
 def test_step_record_matches_the_logits(engine: Engine) -> None:
-    generation = Generation(engine, raw_tokens(engine), SamplerParams(top_k=3), seed=5, max_tokens=1)
+    generation = Generation(
+        engine, raw_tokens(engine), SamplerParams(top_k=3, samplers=("top_k", "temperature")), seed=5, max_tokens=1
+    )
     logits = generation.frontier().logits.astype(np.float64)
     step = generation.step()
     assert step is not None
@@ -82,7 +84,8 @@ def test_choosing_a_candidate_reuses_the_prefix(fresh_engine: Engine) -> None:
 
 
 def test_regenerate_reuses_the_prompt_and_repeats_with_the_same_seed(fresh_engine: Engine) -> None:
-    generation = Generation(fresh_engine, raw_tokens(fresh_engine), SamplerParams(), seed=11, max_tokens=6)
+    params = SamplerParams(ban=(fresh_engine.eos_id,))
+    generation = Generation(fresh_engine, raw_tokens(fresh_engine), params, seed=11, max_tokens=6)
     first = [s.id for s in generation.run()]
     before = fresh_engine.decoded_tokens
     generation.regenerate()

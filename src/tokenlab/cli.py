@@ -10,6 +10,7 @@ import math
 import secrets
 import sys
 import time
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -131,7 +132,12 @@ _SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
 def with_run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add the shared model and sampler flags to a command; it receives them as `opts: RunOptions`."""
     defaults = RunOptions()
-    own = [p for p in inspect.signature(func).parameters.values() if p.name != "opts"]
+    hints = typing.get_type_hints(func, include_extras=True)  # real objects, not `from __future__` strings
+    own = [
+        p.replace(annotation=hints.get(p.name, p.annotation))
+        for p in inspect.signature(func).parameters.values()
+        if p.name != "opts"
+    ]
     shared = [
         inspect.Parameter(
             name,
@@ -367,7 +373,7 @@ def inspect_command(
     console.print(f"vocabulary {engine.n_vocab:,} → {pipeline}")
     console.print(
         f"entropy: raw {frontier.raw.entropy_bits:.3f} bits · final {final_entropy:.3f} bits · "
-        f"{result.final_ids.shape[0]:,} tokens can be drawn"
+        f"{result.final_ids.shape[0]:,} token{'s' if result.final_ids.shape[0] != 1 else ''} can be drawn"
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from rich import box
 from rich.table import Table
 from rich.text import Text
 
@@ -58,17 +59,17 @@ def heat_legend() -> Text:
 
 def candidates_table(candidates: Iterable[Candidate], *, chosen: int | None = None, title: str | None = None) -> Table:
     """A rich table of candidates: rank, token, raw and final probability, and the stage that removed it."""
-    table = Table(title=title, title_justify="left", expand=False)
+    table = Table(title=title, title_justify="left", expand=False, box=box.SIMPLE_HEAD)
     table.add_column("rank", justify="right")
     table.add_column("id", justify="right", style="dim")
     table.add_column("token")
     table.add_column("logit", justify="right")
     table.add_column("raw p", justify="right")
     table.add_column("final p", justify="right")
-    table.add_column("", min_width=12)
+    table.add_column("", min_width=8)
     table.add_column("removed by", style="dim")
     for rank, candidate in enumerate(candidates, start=1):
-        bar = "█" * round(candidate.final_prob * 12)
+        bar = "█" * round(candidate.final_prob * 8)
         removed = candidate.removed_by is not None
         style = "dim" if removed else ("bold" if candidate.id == chosen else "")
         table.add_row(
@@ -83,3 +84,60 @@ def candidates_table(candidates: Iterable[Candidate], *, chosen: int | None = No
             style=style,
         )
     return table
+
+
+# -- colour modes of the token view ---------------------------------------------------------------
+
+COLOUR_MODES: tuple[str, ...] = ("raw", "final", "rank", "entropy")
+"""Token colourings: raw probability, final probability, GLTR rank buckets, entropy of the step."""
+
+GLTR_BUCKETS: tuple[tuple[int, str, str], ...] = (
+    (10, "top-10", "#2f9e44"),
+    (100, "top-100", "#c9a227"),
+    (1000, "top-1000", "#c92a2a"),
+    (2**62, "rest", "#7b3fb5"),
+)
+ENTROPY_SCALE_BITS = 8.0
+"""Entropy at which the entropy colouring reaches full red."""
+
+
+def step_colour(step: Step, mode: str) -> str:
+    """The background colour of a token in a colour mode."""
+    if mode == "final":
+        return heat_color(prob_heat(step.final_prob))
+    if mode == "rank":
+        return next(colour for limit, _, colour in GLTR_BUCKETS if step.rank <= limit)
+    if mode == "entropy":
+        return heat_color(1.0 - min(1.0, step.entropy / ENTROPY_SCALE_BITS))
+    return heat_color(prob_heat(step.prob))
+
+
+def mode_legend(mode: str) -> Text:
+    """A one-line legend for a colour mode."""
+    if mode == "rank":
+        legend = Text("rank (GLTR): ")
+        for _, label, colour in GLTR_BUCKETS:
+            legend.append(f" {label} ", style=f"black on {colour}")
+        return legend
+    if mode == "entropy":
+        legend = Text("step entropy: ")
+        for bits in (0, 1, 2, 4, 6, 8):
+            legend.append(f" {bits}b ", style=f"black on {heat_color(1.0 - bits / ENTROPY_SCALE_BITS)}")
+        return legend
+    legend = Text(f"{'final' if mode == 'final' else 'raw'} probability: ")
+    for label, prob in (("<.01%", 1e-5), (".1%", 1e-3), ("1%", 1e-2), ("10%", 0.1), ("50%", 0.5), ("100%", 1.0)):
+        legend.append(f" {label} ", style=f"black on {heat_color(prob_heat(prob))}")
+    return legend
+
+
+SPARK = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Iterable[float], *, floor: float = 1e-8) -> str:
+    """Probabilities as block characters on a log scale (floor -> blank, 1 -> full block)."""
+    span = -math.log10(floor)
+    chars = []
+    for value in values:
+        level = 0.0 if value <= floor else min(1.0, (math.log10(value) + span) / span)
+        chars.append(SPARK[round(level * (len(SPARK) - 1))])
+    return "".join(chars)

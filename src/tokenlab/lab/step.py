@@ -94,7 +94,7 @@ class Step:
 def entropy_bits(probs: np.ndarray) -> float:
     """Shannon entropy of a probability vector, in bits (zeros ignored)."""
     nonzero = probs[probs > 0]
-    return float(-(nonzero * np.log2(nonzero)).sum()) if nonzero.size else 0.0
+    return max(0.0, float(-(nonzero * np.log2(nonzero)).sum())) if nonzero.size else 0.0
 
 
 @dataclass
