@@ -377,6 +377,58 @@ def inspect_command(
     )
 
 
+DEFAULT_LAB_PROMPT = "Write a short story about a lighthouse keeper."
+
+
+@app.command()
+@with_run_options
+def lab(
+    prompt: Annotated[Optional[str], typer.Argument(help="Prompt to start from ('-' reads standard input). Default: a short-story prompt.", show_default=False)] = None,
+    *,
+    paused: Annotated[bool, typer.Option("--paused", help="Open paused at the first step instead of generating at once.", rich_help_panel="Output")] = False,
+    opts: RunOptions,
+) -> None:
+    """Open the lab: live heat-coloured generation with hotkey knobs (press ? inside for every key)."""
+    run_lab(read_prompt(prompt) if prompt is not None else DEFAULT_LAB_PROMPT, opts, paused=paused)
+
+
+def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False) -> None:
+    """Check the flags, make sure the model file is there (pulling it with progress), then run the TUI."""
+    from tokenlab.engine import Engine, EngineOptions
+    from tokenlab.engine.models import resolve_model
+    from tokenlab.lab.controller import LabSettings
+    from tokenlab.tui.app import TokenLabApp
+
+    check_options(opts)
+    if not prompt.strip():
+        raise UserError("the prompt is empty; give some text, e.g. tokenlab lab 'Once upon a time'")
+    try:
+        engine_options = EngineOptions(n_ctx=opts.ctx_size, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
+    path = resolve_model(opts.model)
+    settings = LabSettings(
+        prompt=prompt,
+        chat=opts.chat,
+        params=sampler_params(RunOptions(**{**opts.__dict__, "logit_bias": [], "ban": []})),
+        seed=opts.seed if opts.seed is not None else secrets.randbits(32),
+        max_tokens=opts.max_tokens,
+        top_n=opts.top_n,
+        autostart=not paused,
+    )
+
+    def load() -> Engine:
+        # runs on the controller thread, so the screen is up while the model loads
+        engine = Engine(path, engine_options)
+        try:
+            settings.params = sampler_params(opts, engine)  # token names need the vocabulary
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return engine
+
+    TokenLabApp(load, settings).run()
+
+
 @app.callback(invoke_without_command=True)
 def main_callback(
     ctx: typer.Context,
@@ -384,41 +436,14 @@ def main_callback(
 ) -> None:
     """A terminal sampling lab: watch a local language model pick its next token.
 
-    With no command, runs a short demo generation on the default model, heat-coloured by probability.
+    With no command, opens the lab on the default model (same as `tokenlab lab`).
     """
     if version:
         typer.echo(f"tokenlab {__version__}")
         raise typer.Exit(0)
     if ctx.invoked_subcommand is None:
         with user_errors():
-            demo()
-
-
-def demo(prompt: str = "Write one sentence about the sea.", max_tokens: int = 48) -> None:
-    """Generate a short answer on the default model and print it heat-coloured, with its legend."""
-    from tokenlab.lab import Generation
-    from tokenlab.render import candidates_table, heat_legend, heat_text
-
-    opts = RunOptions(max_tokens=max_tokens, seed=secrets.randbits(32))
-    console = Console(highlight=False)
-    engine = load_engine(opts)
-    generation = Generation(
-        engine, prompt_tokens(engine, prompt, opts), sampler_params(opts, engine),
-        seed=opts.seed or 0, max_tokens=max_tokens,
-    )
-    console.print(f"[bold]tokenlab[/] · {engine.name} · chat · seed {opts.seed}")
-    console.print(f"[dim]prompt:[/] {prompt}")
-    steps = list(generation.run())
-    console.print(heat_text(steps))
-    console.print(heat_legend())
-    if steps:
-        least = min(steps, key=lambda step: step.prob)
-        console.print(candidates_table(least.top[:8], chosen=least.id,
-                                       title=f"the least likely pick: step {least.index}, '{least.piece}'"))
-    console.print(
-        f"[dim]{len(steps)} tokens · {generation.tokens_per_second:.1f} tok/s · stop: {generation.stop_reason}. "
-        "Try: tokenlab generate 'Once upon a time' --temperature 1.2 · tokenlab inspect 'The capital of France is'[/]"
-    )
+            run_lab(DEFAULT_LAB_PROMPT, RunOptions(max_tokens=256))
 
 
 def _mount_models() -> None:

@@ -1,0 +1,406 @@
+"""The lab controller: one thread owns the engine and the generation; everyone else sends it commands.
+
+The engine is not thread-safe, so a single thread runs `LabController.serve()`: it loads the model, steps
+the generation while running, and applies commands (pause, step, knob changes, choices) between steps.
+What happens is reported through `emit(event)` with the frozen events below; a UI turns them into
+messages. No UI code here: tests drive the same controller directly.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tokenlab.engine import Engine, EngineError
+from tokenlab.lab.generation import Generation
+from tokenlab.lab.step import Candidate, Frontier, Step, entropy_bits
+from tokenlab.sampling import SamplerParams
+
+CURVE_POINTS = 64
+"""Points of the sorted-probability curve sent for the frontier step (log-spaced ranks)."""
+
+
+# -- events (controller -> UI) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabEvent:
+    """Something the controller reports."""
+
+
+@dataclass(frozen=True)
+class EngineReady(LabEvent):
+    """The model is loaded."""
+
+    model_name: str
+    n_vocab: int
+    n_ctx: int
+    has_chat_template: bool
+
+
+@dataclass(frozen=True)
+class RunStarted(LabEvent):
+    """A new run from the prompt began (regenerate, new prompt, or the next loop run)."""
+
+    run_id: int
+    seed: int
+    params: SamplerParams
+    prompt: str
+    chat: bool
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class StepsAdded(LabEvent):
+    """Steps from index `start` on are these (anything the UI held from `start` on is replaced)."""
+
+    run_id: int
+    start: int
+    steps: tuple[Step, ...]
+    tokens_per_second: float
+
+
+@dataclass(frozen=True)
+class RunStopped(LabEvent):
+    """The run stopped by itself: eos, max_tokens or context_full."""
+
+    run_id: int
+    reason: str
+    tokens: int
+    tokens_per_second: float
+
+
+@dataclass(frozen=True)
+class StateChanged(LabEvent):
+    """Running or paused, loop mode on or off."""
+
+    running: bool
+    loop: bool
+
+
+@dataclass(frozen=True)
+class FrontierView(LabEvent):
+    """The distribution of the next step (re-sampled live when knobs turn while paused)."""
+
+    run_id: int
+    index: int
+    params: SamplerParams
+    candidates: tuple[Candidate, ...]
+    raw_curve: np.ndarray = field(compare=False)
+    """Raw probabilities at CURVE_POINTS log-spaced ranks (1 .. n_vocab), most likely first."""
+    final_curve: np.ndarray = field(compare=False)
+    """Final probabilities at the same ranks of the final distribution (0 past the survivors)."""
+    entropy: float
+    final_entropy: float
+    survivors: int
+    stages: tuple[tuple[str, int], ...]
+    """(stage name, tokens kept) for every stage that ran."""
+
+
+@dataclass(frozen=True)
+class TokenResolved(LabEvent):
+    """A token typed as text (or #id) is this id."""
+
+    token_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class LabFailed(LabEvent):
+    """A command failed; `message` is one line for the user. The lab keeps running."""
+
+    message: str
+
+
+# -- the controller ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LabSettings:
+    """What a lab starts with."""
+
+    prompt: str = "Write a short story about a lighthouse keeper."
+    chat: bool | None = None
+    params: SamplerParams = field(default_factory=SamplerParams)
+    seed: int = 0
+    max_tokens: int = 256
+    top_n: int = 20
+    autostart: bool = True
+
+
+def log_ranks(n_vocab: int, points: int = CURVE_POINTS) -> np.ndarray:
+    """0-based ranks spaced evenly on a log axis from the top token to the last one."""
+    return np.unique(np.round(np.geomspace(1, n_vocab, points)).astype(np.int64) - 1)
+
+
+class LabController:
+    """Owns the engine and the current Generation; applies commands between steps."""
+
+    def __init__(
+        self,
+        engine: Engine | Callable[[], Engine],
+        settings: LabSettings | None = None,
+        emit: Callable[[LabEvent], None] | None = None,
+        *,
+        batch_interval: float = 1 / 30,
+    ) -> None:
+        self._engine_source = engine
+        self.engine: Engine | None = engine if isinstance(engine, Engine) or hasattr(engine, "evaluate") else None  # type: ignore[assignment]
+        self.settings = settings or LabSettings()
+        self.emit = emit or (lambda event: None)
+        self.batch_interval = batch_interval
+        self.generation: Generation | None = None
+        self.run_id = 0
+        self.running = False
+        self.loop = False
+        self.hot_tokens: tuple[int, ...] = ()
+        self._commands: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
+        self._pending: list[Step] = []
+        self._pending_start = 0
+        self._last_emit = 0.0
+        self._quit = False
+
+    # -- commands (any thread) --------------------------------------------------------------------
+
+    def send(self, name: str, *args: Any) -> None:
+        """Queue a command for the controller thread."""
+        self._commands.put((name, args))
+
+    def quit(self) -> None:
+        """Ask serve() to return (it checks between steps, so within one token's time)."""
+        self._quit = True
+        self._commands.put(("noop", ()))
+
+    # -- the controller thread -------------------------------------------------------------------
+
+    def serve(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Load the engine, then step and apply commands until quit() or should_stop()."""
+        if self.engine is None:
+            try:
+                self.engine = self._engine_source()  # type: ignore[operator]
+            except (EngineError, ValueError, OSError) as exc:
+                self.emit(LabFailed(str(exc)))
+            except Exception as exc:  # noqa: BLE001 - a model that fails to load must not kill the lab
+                self.emit(LabFailed(f"the model failed to load: {exc}"))
+        if self.engine is not None:
+            self.emit(EngineReady(self.engine.name, self.engine.n_vocab, self.engine.n_ctx,
+                                  self.engine.has_chat_template))
+            self._new_run(self.settings.seed, start=self.settings.autostart)
+        while not self._quit and not should_stop():
+            try:
+                name, args = self._commands.get_nowait() if self.running else self._commands.get(timeout=0.05)
+            except queue.Empty:
+                name = ""
+            if name:
+                self._apply(name, args)
+                continue
+            if self.running:
+                self._advance()
+
+    def _apply(self, name: str, args: tuple[Any, ...]) -> None:
+        if name == "noop":
+            return
+        if self.engine is None:
+            self.emit(LabFailed("no model is loaded; restart tokenlab with a working --model"))
+            return
+        try:
+            getattr(self, f"_cmd_{name}")(*args)
+        except (EngineError, ValueError, IndexError) as exc:
+            self._flush()
+            self.running = False
+            self.emit(StateChanged(self.running, self.loop))
+            self.emit(LabFailed(str(exc)))
+
+    def _advance(self) -> None:
+        generation = self.generation
+        assert generation is not None
+        try:
+            step = generation.step()
+        except EngineError as exc:
+            self.running = False
+            self._flush()
+            self.emit(StateChanged(self.running, self.loop))
+            self.emit(LabFailed(str(exc)))
+            return
+        if step is not None:
+            if not self._pending:
+                self._pending_start = step.index
+            self._pending.append(step)
+        now = time.perf_counter()
+        if generation.done or now - self._last_emit >= self.batch_interval:
+            self._flush()
+        if generation.done:
+            self.emit(RunStopped(self.run_id, generation.stop_reason or "", len(generation.steps),
+                                 generation.tokens_per_second))
+            if self.loop:
+                self._new_run(generation.seed + 1, start=True)
+            else:
+                self.running = False
+                self.emit(StateChanged(self.running, self.loop))
+                self._emit_frontier()
+
+    def _flush(self) -> None:
+        if self._pending and self.generation is not None:
+            self.emit(StepsAdded(self.run_id, self._pending_start, tuple(self._pending),
+                                 self.generation.tokens_per_second))
+            self._pending = []
+        self._last_emit = time.perf_counter()
+
+    def _new_run(self, seed: int, *, start: bool) -> None:
+        assert self.engine is not None
+        self._flush()
+        settings = self.settings
+        if not settings.prompt.strip():
+            self.running = False
+            self.emit(StateChanged(self.running, self.loop))
+            self.emit(LabFailed("the prompt is empty; press e to write one"))
+            return
+        chat = self.engine.has_chat_template if settings.chat is None else settings.chat
+        tokens = self.engine.format_prompt(settings.prompt, chat=chat)
+        self.generation = Generation(self.engine, tokens, settings.params, seed=seed,
+                                     max_tokens=settings.max_tokens, top_n=settings.top_n)
+        self.settings.seed = seed
+        self.run_id += 1
+        self.running = start
+        self.emit(RunStarted(self.run_id, seed, settings.params, settings.prompt, chat, len(tokens)))
+        self.emit(StateChanged(self.running, self.loop))
+        if not start:
+            self._emit_frontier()
+
+    def _emit_frontier(self) -> None:
+        generation = self.generation
+        if generation is None or generation.stop_reason == "eos" or generation.stop_reason == "context_full":
+            return
+        frontier = generation.frontier()
+        self.emit(self.frontier_view(frontier, len(generation.steps)))
+
+    def frontier_view(self, frontier: Frontier, index: int) -> FrontierView:
+        """The FrontierView of a frontier: candidates (with hot tokens), curves, entropies, stage counts."""
+        assert self.engine is not None
+        result = frontier.result
+        ranks = log_ranks(frontier.logits.shape[0])
+        raw_curve = frontier.raw.probs(np.argsort(-frontier.logits, kind="stable")[ranks])
+        final_sorted = np.sort(result.final_probs)[::-1]
+        final_curve = np.where(ranks < final_sorted.shape[0], final_sorted[np.minimum(ranks, final_sorted.shape[0] - 1)], 0.0)
+        return FrontierView(
+            run_id=self.run_id,
+            index=index,
+            params=frontier.params,
+            candidates=frontier.candidates(self.engine.token_text, self.settings.top_n, extra=self.hot_tokens),
+            raw_curve=raw_curve,
+            final_curve=final_curve,
+            entropy=frontier.raw.entropy_bits,
+            final_entropy=entropy_bits(result.final_probs),
+            survivors=int(result.final_ids.shape[0]),
+            stages=tuple((stage.name, int(stage.n_kept)) for stage in result.stages),
+        )
+
+    # -- command handlers (controller thread) -----------------------------------------------------
+
+    def _cmd_play(self) -> None:
+        generation = self.generation
+        if generation is None:
+            return
+        if generation.done:
+            self._new_run(generation.seed + 1 if self.loop else generation.seed, start=True)
+            return
+        self.running = True
+        self.emit(StateChanged(self.running, self.loop))
+
+    def _cmd_pause(self) -> None:
+        self.running = False
+        self._flush()
+        self.emit(StateChanged(self.running, self.loop))
+        self._emit_frontier()
+
+    def _cmd_toggle(self) -> None:
+        if self.running:
+            self._cmd_pause()
+        else:
+            self._cmd_play()
+
+    def _cmd_step(self) -> None:
+        generation = self.generation
+        if generation is None:
+            return
+        if self.running:
+            self._cmd_pause()
+        if generation.done:
+            self.emit(LabFailed(f"the run stopped ({generation.stop_reason}); press r to regenerate"))
+            return
+        step = generation.step()
+        if step is not None:
+            self.emit(StepsAdded(self.run_id, step.index, (step,), generation.tokens_per_second))
+        if generation.done:
+            self.emit(RunStopped(self.run_id, generation.stop_reason or "", len(generation.steps),
+                                 generation.tokens_per_second))
+        self._emit_frontier()
+
+    def _cmd_regenerate(self, seed: int | None = None) -> None:
+        current = self.generation.seed if self.generation is not None else self.settings.seed
+        self._new_run(current if seed is None else seed, start=True)
+
+    def _cmd_set_params(self, params: SamplerParams) -> None:
+        self.settings.params = params
+        if self.generation is None:
+            return
+        self.generation.set_params(params)
+        if not self.running:
+            self._emit_frontier()
+
+    def _cmd_choose(self, index: int, token_id: int) -> None:
+        generation = self.generation
+        if generation is None:
+            return
+        self._flush()
+        step = generation.choose(index, token_id)
+        self.emit(StepsAdded(self.run_id, index, (step,), generation.tokens_per_second))
+        if generation.done:
+            self.emit(RunStopped(self.run_id, generation.stop_reason or "", len(generation.steps),
+                                 generation.tokens_per_second))
+        if not self.running:
+            self._emit_frontier()
+
+    def _cmd_set_prompt(self, prompt: str, chat: bool | None) -> None:
+        self.settings.prompt = prompt
+        self.settings.chat = chat
+        self._new_run(self.settings.seed, start=True)
+
+    def _cmd_set_loop(self, loop: bool) -> None:
+        self.loop = loop
+        self.emit(StateChanged(self.running, self.loop))
+        generation = self.generation
+        if loop and generation is not None and generation.done:
+            self._new_run(generation.seed + 1, start=True)
+
+    def _cmd_set_seed(self, seed: int) -> None:
+        self.settings.seed = seed
+        self._new_run(seed, start=self.running or self.settings.autostart)
+
+    def _cmd_set_max_tokens(self, max_tokens: int) -> None:
+        self.settings.max_tokens = max_tokens
+        if self.generation is not None:
+            self.generation.max_tokens = max_tokens
+
+    def _cmd_resolve_token(self, text: str) -> None:
+        assert self.engine is not None
+        if text.startswith("#") and text[1:].isdigit():
+            token_id = int(text[1:])
+            if token_id >= self.engine.n_vocab:
+                raise ValueError(f"token #{token_id} is outside the vocabulary (0..{self.engine.n_vocab - 1})")
+        else:
+            token_id = self.engine.find_token(text)
+        self.emit(TokenResolved(token_id, self.engine.token_text(token_id)))
+
+    def _cmd_set_hot_tokens(self, token_ids: tuple[int, ...]) -> None:
+        self.hot_tokens = tuple(token_ids)
+        if not self.running:
+            self._emit_frontier()
+
+    def _cmd_frontier(self) -> None:
+        self._emit_frontier()

@@ -1,0 +1,118 @@
+"""The knobs of the lab: which sampler parameters can be turned, by how much, and within which bounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenlab.sampling import DEFAULT_ORDER, SamplerParams
+
+
+@dataclass(frozen=True)
+class KnobSpec:
+    """One turnable parameter of SamplerParams, with its steps and bounds."""
+
+    name: str
+    """The SamplerParams field it sets."""
+    label: str
+    stage: str
+    """The pipeline stage it belongs to (switching the stage off disables the knob)."""
+    minimum: float
+    maximum: float
+    fine: float
+    coarse: float
+    integer: bool = False
+    help: str = ""
+
+    def clamp(self, value: float) -> float:
+        """The value held inside [minimum, maximum] (and rounded for integer knobs)."""
+        value = min(self.maximum, max(self.minimum, value))
+        if self.integer:
+            return int(round(value))
+        return round(value, 6)
+
+    def format(self, value: float) -> str:
+        """The value as the knob panel shows it."""
+        if self.integer:
+            return str(int(value))
+        return f"{value:.2f}" if self.fine >= 0.01 else f"{value:.3f}"
+
+
+KNOBS: tuple[KnobSpec, ...] = (
+    KnobSpec("temperature", "temperature", "temperature", 0.0, 5.0, 0.05, 0.25,
+             help="softmax temperature; 0 = greedy"),
+    KnobSpec("top_k", "top-k", "top_k", 0, 1000, 1, 10, integer=True,
+             help="keep the k most likely tokens; 0 = off"),
+    KnobSpec("top_p", "top-p", "top_p", 0.0, 1.0, 0.01, 0.05,
+             help="keep the smallest set reaching this mass; 1 = off"),
+    KnobSpec("min_p", "min-p", "min_p", 0.0, 1.0, 0.01, 0.05,
+             help="drop tokens below min-p x the top probability; 0 = off"),
+    KnobSpec("typical_p", "typical-p", "typical_p", 0.0, 1.0, 0.01, 0.05,
+             help="locally typical sampling mass; 1 = off"),
+    KnobSpec("repeat_penalty", "repeat pen.", "penalties", 0.5, 3.0, 0.01, 0.1,
+             help="divide/multiply logits of recent tokens; 1 = off"),
+    KnobSpec("frequency_penalty", "frequency pen.", "penalties", -2.0, 2.0, 0.05, 0.25,
+             help="subtract count x this from recent tokens; 0 = off"),
+    KnobSpec("presence_penalty", "presence pen.", "penalties", -2.0, 2.0, 0.05, 0.25,
+             help="subtract this from tokens seen recently; 0 = off"),
+    KnobSpec("penalty_last_n", "penalty window", "penalties", -1, 4096, 1, 16, integer=True,
+             help="recent tokens the penalties see; 0 = off, -1 = all"),
+    KnobSpec("min_keep", "min keep", "top_k", 1, 100, 1, 5, integer=True,
+             help="filters keep at least this many tokens"),
+)
+"""Every knob, in the order the knob panel lists them."""
+
+KNOBS_BY_NAME: dict[str, KnobSpec] = {knob.name: knob for knob in KNOBS}
+DEFAULTS = SamplerParams()
+
+
+def knob_value(params: SamplerParams, name: str) -> float:
+    """The current value of a knob."""
+    return getattr(params, name)
+
+
+def nudge(params: SamplerParams, name: str, steps: int, *, coarse: bool = False) -> SamplerParams:
+    """Params with knob `name` moved by `steps` fine (or coarse) steps, clamped to its bounds."""
+    knob = KNOBS_BY_NAME[name]
+    delta = (knob.coarse if coarse else knob.fine) * steps
+    return params.replace(**{name: knob.clamp(knob_value(params, name) + delta)})
+
+
+def set_knob(params: SamplerParams, name: str, value: float) -> SamplerParams:
+    """Params with knob `name` set to `value`, clamped to its bounds."""
+    knob = KNOBS_BY_NAME[name]
+    return params.replace(**{name: knob.clamp(value)})
+
+
+def reset_knob(params: SamplerParams, name: str) -> SamplerParams:
+    """Params with knob `name` back at its default."""
+    return params.replace(**{name: getattr(DEFAULTS, name)})
+
+
+def stage_enabled(params: SamplerParams, stage: str) -> bool:
+    """Whether a stage is in the pipeline's order."""
+    return stage in params.samplers
+
+
+def toggle_stage(params: SamplerParams, stage: str) -> SamplerParams:
+    """Params with `stage` switched off, or back on at its place in the default order."""
+    order = list(params.samplers)
+    if stage in order:
+        order.remove(stage)
+        return params.replace(samplers=tuple(order))
+    rank = {name: index for index, name in enumerate(DEFAULT_ORDER)}
+    position = next(
+        (i for i, name in enumerate(order) if rank.get(name, len(rank)) > rank.get(stage, len(rank))),
+        len(order),
+    )
+    order.insert(position, stage)
+    return params.replace(samplers=tuple(order))
+
+
+def with_bias(params: SamplerParams, token_id: int, bias: float) -> SamplerParams:
+    """Params with the additive logit bias of one token set (0 removes it)."""
+    biases = dict(params.logit_bias)
+    if bias == 0:
+        biases.pop(token_id, None)
+    else:
+        biases[token_id] = bias
+    return params.replace(logit_bias=biases)

@@ -1,0 +1,3 @@
+"""The Textual lab: live heat-coloured generation, hotkey knobs, inspection at a paused step."""
+
+from __future__ import annotations

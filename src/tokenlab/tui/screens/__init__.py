@@ -1,0 +1,3 @@
+"""Screens of the lab."""
+
+from __future__ import annotations

@@ -1,0 +1,175 @@
+"""Modal screens of the lab: help, the prompt editor, a one-line input, and the run history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.table import Table
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, OptionList, Static, TextArea
+from textual.widgets.option_list import Option
+
+from tokenlab.lab.step import Step
+from tokenlab.sampling import SamplerParams
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of the lab, with what it does."""
+
+    BINDINGS = [
+        Binding("escape,q,question_mark", "dismiss", "Close", tooltip="Close the help"),
+    ]
+
+    def __init__(self, keys: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._keys = keys
+
+    def compose(self) -> ComposeResult:
+        table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+        table.add_column(style="bold cyan", no_wrap=True)
+        table.add_column()
+        for key, description in self._keys:
+            table.add_row(key, description)
+        with Vertical(id="help-box", classes="dialog"):
+            yield Label("[b]tokenlab keys[/b]  (escape closes)")
+            yield Static(table, id="help-table")
+
+
+class PromptEditor(ModalScreen[tuple[str, bool | None] | None]):
+    """A multi-line prompt editor: enter runs the prompt, ctrl+n adds a new line, ctrl+t toggles chat/raw."""
+
+    BINDINGS = [
+        Binding("enter", "run", "Run", priority=True, tooltip="Run this prompt"),
+        Binding("ctrl+n", "newline", "New line", priority=True, tooltip="Insert a line break"),
+        Binding("ctrl+t", "toggle_chat", "Chat/raw", priority=True, tooltip="Wrap in the chat template or not"),
+        Binding("escape", "cancel", "Cancel", tooltip="Keep the old prompt"),
+    ]
+
+    def __init__(self, prompt: str, chat: bool | None) -> None:
+        super().__init__()
+        self._prompt = prompt
+        self._chat = chat
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="prompt-box", classes="dialog"):
+            yield Label(self._title(), id="prompt-title")
+            yield TextArea(self._prompt, id="prompt-area", soft_wrap=True, show_line_numbers=False)
+            yield Label("[dim]enter: run · ctrl+n: new line · ctrl+t: chat/raw · escape: cancel[/dim]")
+
+    def on_mount(self) -> None:
+        area = self.query_one(TextArea)
+        area.focus()
+        area.move_cursor(area.document.end)
+
+    def _title(self) -> str:
+        mode = "chat template" if self._chat else ("raw" if self._chat is not None else "chat template if the model has one")
+        return f"[b]Prompt[/b] — {mode}"
+
+    def action_run(self) -> None:
+        self.dismiss((self.query_one(TextArea).text, self._chat))
+
+    def action_newline(self) -> None:
+        self.query_one(TextArea).insert("\n")
+
+    def action_toggle_chat(self) -> None:
+        self._chat = not self._chat if self._chat is not None else False
+        self.query_one("#prompt-title", Label).update(self._title())
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class LineInput(ModalScreen[str | None]):
+    """Ask for one line of text (a seed, a token)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel", tooltip="Close without changing anything")]
+
+    def __init__(self, title: str, placeholder: str = "", value: str = "") -> None:
+        super().__init__()
+        self._title = title
+        self._placeholder = placeholder
+        self._value = value
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="input-box", classes="dialog"):
+            yield Label(self._title)
+            yield Input(value=self._value, placeholder=self._placeholder, id="line-input")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).focus()
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run kept in the loop history."""
+
+    run_id: int
+    seed: int
+    params: SamplerParams
+    steps: tuple[Step, ...]
+    stop_reason: str | None
+
+    @property
+    def text(self) -> str:
+        """The generated text."""
+        return "".join(step.text for step in self.steps)
+
+    def settings(self) -> str:
+        """The knobs that differ from the defaults, briefly."""
+        defaults = SamplerParams()
+        changed = [
+            f"{name}={getattr(self.params, name)}"
+            for name in ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty",
+                         "frequency_penalty", "presence_penalty")
+            if getattr(self.params, name) != getattr(defaults, name)
+        ]
+        if self.params.samplers != defaults.samplers:
+            changed.append("samplers=" + ",".join(self.params.samplers))
+        if self.params.logit_bias:
+            changed.append(f"bias×{len(self.params.logit_bias)}")
+        return " ".join(changed) or "defaults"
+
+
+class HistoryScreen(ModalScreen[int | None]):
+    """The last runs (loop mode and regenerations) with their settings; enter views one."""
+
+    BINDINGS = [Binding("escape", "cancel", "Close", tooltip="Back to the live run")]
+
+    def __init__(self, records: list[RunRecord]) -> None:
+        super().__init__()
+        self._records = records
+
+    def compose(self) -> ComposeResult:
+        options = []
+        for index, record in enumerate(reversed(self._records)):
+            line = Text()
+            line.append(f"#{record.run_id:<3} seed {record.seed:<10} ", style="bold")
+            line.append(f"{len(record.steps):>3} tok  {record.stop_reason or '':<12} ", style="dim")
+            line.append(record.settings(), style="cyan")
+            line.append("\n   " + record.text.replace("\n", " ↵ ")[:90])
+            options.append(Option(line, id=str(len(self._records) - 1 - index)))
+        with Vertical(id="history-box", classes="dialog"):
+            yield Label(f"[b]Run history[/b] — last {len(self._records)} runs · enter views · escape closes")
+            yield OptionList(*options, id="history-list")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    @on(OptionList.OptionSelected)
+    def selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(int(event.option.id or 0))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

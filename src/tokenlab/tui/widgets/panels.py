@@ -1,0 +1,174 @@
+"""The lab's side panels: candidates table, knob panel, distribution strip, prompt bar and status line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from tokenlab.engine.text import visible
+from tokenlab.lab.controller import FrontierView
+from tokenlab.lab.knobs import KNOBS, knob_value, stage_enabled
+from tokenlab.lab.step import Candidate, Step
+from tokenlab.render import heat_color, prob_heat, sparkline
+from tokenlab.sampling import SamplerParams
+
+TOKEN_WIDTH = 14
+
+
+def short_token(text: str, width: int = TOKEN_WIDTH) -> str:
+    """A token quoted with whitespace made visible, cut to `width` characters."""
+    shown = visible(text)
+    if len(shown) > width - 2:
+        shown = shown[: width - 3] + "…"
+    return f"'{shown}'"
+
+
+class CandidatesTable(Static):
+    """The candidates of the inspected step: rank, token, raw and final probability, bar, who removed it."""
+
+    def show(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        chosen: int | None,
+        selected: int,
+        limit: int,
+        title: str,
+        hot: int | None = None,
+    ) -> None:
+        """Render the first `limit` candidates (plus the chosen and hot ones when they rank lower)."""
+        rows = self.rows_for(candidates, chosen, limit, hot)
+        table = Table(box=None, padding=(0, 1, 0, 0), expand=True, show_edge=False, title=title,
+                      title_justify="left", title_style="bold")
+        table.add_column("#", justify="right", width=3)
+        table.add_column("token", no_wrap=True, min_width=8, max_width=TOKEN_WIDTH)
+        table.add_column("raw", justify="right", width=6)
+        table.add_column("final", justify="right", width=6)
+        table.add_column("", no_wrap=True, width=6)
+        for row_index, candidate in enumerate(rows):
+            removed = candidate.removed_by is not None
+            marker = "▶" if candidate.id == chosen else ("✦" if candidate.id == hot else " ")
+            rank = next((i + 1 for i, c in enumerate(candidates) if c.id == candidate.id), 0)
+            bar = "█" * round(candidate.final_prob * 6) if not removed else candidate.removed_by[:6]
+            style = "dim" if removed else ("bold" if candidate.id == chosen else "")
+            if row_index == selected:
+                style += " reverse"
+            table.add_row(
+                f"{marker}{rank}",
+                short_token(candidate.text),
+                f"{candidate.prob:.3f}",
+                "—" if removed else f"{candidate.final_prob:.3f}",
+                Text(bar, style="dim" if removed else heat_color(prob_heat(candidate.final_prob))),
+                style=style.strip(),
+            )
+        self.update(table)
+
+    def rows_for(self, candidates: Sequence[Candidate], chosen: int | None, limit: int, hot: int | None) -> list[Candidate]:
+        """The candidates in the order show() lists them (for choosing the selected row)."""
+        rows = list(candidates[:limit])
+        for extra in (chosen, hot):
+            if extra is not None and extra not in [c.id for c in rows]:
+                rows.extend(c for c in candidates if c.id == extra)
+        return rows
+
+
+class KnobPanel(Static):
+    """Every knob of the pipeline with its value; the selected one marked, switched-off stages dimmed."""
+
+    def show(self, params: SamplerParams, selected: int, *, hot_text: str | None, hot_bias: float, seed: int,
+             max_tokens: int) -> None:
+        """Render the knobs (the last row is the hot token's bias)."""
+        text = Text()
+        for index, knob in enumerate(KNOBS):
+            enabled = stage_enabled(params, knob.stage)
+            mark = "▸" if index == selected else " "
+            value = knob.format(knob_value(params, knob.name)) if enabled else "off"
+            line = Text(f"{mark} {knob.label:<15}{value:>7}")
+            if index == selected:
+                line.stylize("bold reverse")
+            elif not enabled:
+                line.stylize("dim")
+            text.append_text(line)
+            text.append("\n")
+        mark = "▸" if selected == len(KNOBS) else " "
+        token = short_token(hot_text, 10) if hot_text is not None else "(h: pick)"
+        line = Text(f"{mark} hot {token:<11}{hot_bias:>+7.1f}")
+        if selected == len(KNOBS):
+            line.stylize("bold reverse")
+        text.append_text(line)
+        text.append(f"\n  seed {seed}  max {max_tokens}", style="dim")
+        self.update(text)
+
+
+class DistributionStrip(Static):
+    """The sorted probability curve of the inspected step, raw and after the pipeline, on a log scale."""
+
+    def show_frontier(self, view: FrontierView, width: int) -> None:
+        """The full curve of the next step (log-spaced ranks over the whole vocabulary)."""
+        points = max(8, width - 8)
+        raw = _resample(view.raw_curve, points)
+        final = _resample(view.final_curve, points)
+        self._draw(raw, final, view.entropy, view.final_entropy,
+                     f"{view.survivors:,} can be drawn · ranks 1…vocab (log)")
+
+    def show_step(self, step: Step, width: int) -> None:
+        """The recorded top candidates of a past step (full rows are kept only for the frontier)."""
+        points = max(8, width - 8)
+        raw = np.array(sorted((c.prob for c in step.top), reverse=True))
+        final = np.array(sorted((c.final_prob for c in step.top), reverse=True))
+        raw = np.pad(raw, (0, max(0, points - raw.shape[0])))[:points]
+        final = np.pad(final, (0, max(0, points - final.shape[0])))[:points]
+        self._draw(raw, final, step.entropy, step.final_entropy, f"top {len(step.top)} recorded")
+
+    def _draw(self, raw: np.ndarray, final: np.ndarray, entropy: float, final_entropy: float, note: str) -> None:
+        text = Text()
+        text.append("raw   ", style="dim")
+        text.append(sparkline(raw), style="#6c8ebf")
+        text.append("\nfinal ", style="dim")
+        text.append(sparkline(final), style="#2f9e44")
+        text.append(f"\nH {entropy:.2f} → {final_entropy:.2f} bits · {note}", style="dim")
+        self.update(text)
+
+
+def _resample(curve: np.ndarray, points: int) -> np.ndarray:
+    """A curve stretched or shrunk to `points` values (nearest sample)."""
+    if curve.shape[0] == 0:
+        return np.zeros(points)
+    index = np.minimum((np.arange(points) * curve.shape[0] / points).astype(np.int64), curve.shape[0] - 1)
+    return curve[index]
+
+
+class PromptBar(Static):
+    """The prompt, the model, chat or raw."""
+
+    def show(self, prompt: str, model: str, chat: bool | None) -> None:
+        """Render the prompt line."""
+        mode = "chat" if chat else ("raw" if chat is not None else "chat?")
+        text = Text()
+        text.append(" prompt ", style="bold reverse")
+        text.append(" " + visible(prompt)[:200] + " ")
+        text.append(f" {model} · {mode} ", style="dim")
+        self.update(text)
+
+
+class StatusLine(Static):
+    """Model, tokens, tokens/s, state, stop reason, seed."""
+
+    def show(self, *, state: str, model: str, tokens: int, max_tokens: int, tokens_per_second: float,
+             stop_reason: str | None, seed: int, loop: bool, viewing: str | None = None) -> None:
+        """Render the status line."""
+        text = Text()
+        colour = {"running": "green", "paused": "yellow"}.get(state, "red")
+        text.append(f" ● {state} ", style=f"bold {colour}")
+        if viewing:
+            text.append(f"[viewing {viewing}] ", style="bold magenta")
+        text.append(f"{model} · {tokens}/{max_tokens} tokens · {tokens_per_second:.1f} tok/s · seed {seed}")
+        if stop_reason:
+            text.append(f" · stop: {stop_reason}")
+        if loop:
+            text.append(" · loop", style="bold cyan")
+        self.update(text)
