@@ -72,6 +72,59 @@ def bench_generate(model: str | None, tokens: int, reps: int, threads: int | Non
     engine.close()
 
 
+def bench_tui(model: str | None, tokens: int, reps: int, threads: int | None) -> None:
+    """tokens/s of the lab TUI (headless run_test app) against the same generation loop without a UI."""
+    import asyncio
+
+    from tokenlab.engine import Engine, EngineOptions
+    from tokenlab.engine.models import resolve_model
+    from tokenlab.lab import Generation
+    from tokenlab.lab.controller import LabSettings
+    from tokenlab.sampling import SamplerParams
+    from tokenlab.tui.app import TokenLabApp
+
+    engine = Engine(resolve_model(model), EngineOptions(n_ctx=1024, n_threads=threads))
+    params = SamplerParams(ban=(engine.eos_id,))  # every run generates exactly `tokens` tokens
+    prompt = engine.format_prompt(PROMPT, chat=True)
+
+    def run_plain(seed: int) -> float:
+        engine.reset()
+        generation = Generation(engine, prompt, params, seed=seed, max_tokens=tokens)
+        for _ in generation.run():
+            pass
+        return generation.wall_tokens_per_second
+
+    async def run_tui_async(seed: int) -> float:
+        engine.reset()
+        settings = LabSettings(prompt=PROMPT, chat=True, params=params, seed=seed, max_tokens=tokens)
+        app = TokenLabApp(engine, settings)
+        async with app.run_test(size=(100, 30)) as pilot:
+            while True:
+                generation = app.controller.generation
+                if generation is not None and generation.done and app.lab.stop_reason is not None:
+                    break
+                await pilot.pause(0.02)
+            rate = generation.wall_tokens_per_second
+            shown = len(app.lab.steps)
+        assert shown == tokens, f"the screen shows {shown} of {tokens} tokens"
+        return rate
+
+    def run_tui(seed: int) -> float:
+        return asyncio.run(run_tui_async(seed))
+
+    run_plain(0), run_tui(0)
+    plain_rates, tui_rates = [], []
+    for rep in range(reps):
+        plain_rates.append(run_plain(rep + 1))
+        tui_rates.append(run_tui(rep + 1))
+    plain, tui = statistics.median(plain_rates), statistics.median(tui_rates)
+    print(f"\n== lab TUI: {engine.name}, {tokens} tokens per run, {reps} interleaved reps (median, wall clock)")
+    print(f"  generation loop, no UI          {plain:8.1f} tok/s   {fmt(plain_rates)}")
+    print(f"  lab TUI (headless run_test)     {tui:8.1f} tok/s   {fmt(tui_rates)}")
+    print(f"  ratio TUI / no UI               {tui / plain:8.3f}   (target >= 0.9)")
+    engine.close()
+
+
 def fmt(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:.1f}" for v in values) + "]"
 
@@ -125,12 +178,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--vocab", type=int, default=262_144, help="row length for the pipeline benchmark")
     parser.add_argument("--iterations", type=int, default=300, help="pipeline iterations")
-    parser.add_argument("--only", choices=["generate", "pipeline"], default=None, help="run one benchmark")
+    parser.add_argument("--only", choices=["generate", "pipeline", "tui"], default=None, help="run one benchmark")
     args = parser.parse_args()
     if args.only in (None, "pipeline"):
         bench_pipeline(args.vocab, args.iterations)
     if args.only in (None, "generate"):
         bench_generate(args.model, args.tokens, args.reps, args.threads)
+    if args.only in (None, "tui"):
+        bench_tui(args.model, args.tokens, args.reps, args.threads)
 
 
 if __name__ == "__main__":

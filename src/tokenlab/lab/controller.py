@@ -9,6 +9,7 @@ messages. No UI code here: tests drive the same controller directly.
 from __future__ import annotations
 
 import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -164,6 +165,8 @@ class LabController:
         self._pending_start = 0
         self._last_emit = 0.0
         self._quit = False
+        self.stopped = threading.Event()
+        """Set when serve() has returned (the engine is free again)."""
 
     # -- commands (any thread) --------------------------------------------------------------------
 
@@ -180,6 +183,13 @@ class LabController:
 
     def serve(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Load the engine, then step and apply commands until quit() or should_stop()."""
+        self.stopped.clear()
+        try:
+            self._serve(should_stop)
+        finally:
+            self.stopped.set()
+
+    def _serve(self, should_stop: Callable[[], bool]) -> None:
         if self.engine is None:
             try:
                 self.engine = self._engine_source()  # type: ignore[operator]
@@ -374,9 +384,8 @@ class LabController:
     def _cmd_set_loop(self, loop: bool) -> None:
         self.loop = loop
         self.emit(StateChanged(self.running, self.loop))
-        generation = self.generation
-        if loop and generation is not None and generation.done:
-            self._new_run(generation.seed + 1, start=True)
+        if loop and not self.running:
+            self._cmd_play()  # loop mode means generating: finish this run, then the next ones
 
     def _cmd_set_seed(self, seed: int) -> None:
         self.settings.seed = seed

@@ -65,6 +65,9 @@ class Generation:
         self._frontier: Frontier | None = None
         self._utf8 = Utf8Stream()
         self.started_at: float | None = None
+        """perf_counter() when the first step began (wall-clock timing of a whole run)."""
+        self.finished_at: float | None = None
+        """perf_counter() when the run stopped."""
         self.elapsed = 0.0
         """Seconds spent inside step() (decode + pipeline + record)."""
 
@@ -94,6 +97,13 @@ class Generation:
     def done(self) -> bool:
         """Whether generation stopped (eos, max_tokens or context_full)."""
         return self.stop_reason is not None
+
+    @property
+    def wall_tokens_per_second(self) -> float:
+        """Generated tokens per wall-clock second from the first step to the stop (0 while running)."""
+        if self.started_at is None or self.finished_at is None or self.finished_at <= self.started_at:
+            return 0.0
+        return len(self.steps) / (self.finished_at - self.started_at)
 
     @property
     def tokens_per_second(self) -> float:
@@ -127,6 +137,8 @@ class Generation:
             self.stop_reason = STOP_MAX_TOKENS
             return None
         started = time.perf_counter()
+        if self.started_at is None:
+            self.started_at = started
         frontier = self.frontier()
         token_id = frontier.result.draw(step_rng(self.seed, len(self.steps)))
         step = self._record(frontier, token_id, forced=False)
@@ -151,6 +163,7 @@ class Generation:
             raise IndexError(f"step {index} does not exist (0..{len(self.steps)})")
         del self.steps[index:]
         self.stop_reason = None
+        self.finished_at = None
         self._frontier = None
         self._utf8 = Utf8Stream()
         for step in self.steps:
@@ -167,6 +180,7 @@ class Generation:
             self.seed = int(seed)
         self.rewind(0)
         self.elapsed = 0.0
+        self.started_at = None
 
     # -- recording -------------------------------------------------------------------------------
 
@@ -200,4 +214,6 @@ class Generation:
             self.stop_reason = STOP_CONTEXT_FULL
         elif len(self.steps) >= self.max_tokens:
             self.stop_reason = STOP_MAX_TOKENS
+        if self.stop_reason is not None:
+            self.finished_at = time.perf_counter()
         return step

@@ -1,0 +1,270 @@
+"""The lab TUI driven with Pilot against the real default model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input, TextArea
+
+from tokenlab.engine import Engine, EngineError
+from tokenlab.lab.controller import LabSettings
+from tokenlab.sampling import SamplerParams
+from tokenlab.tui.app import TokenLabApp
+from tokenlab.tui.screens.dialogs import HelpScreen, HistoryScreen, LineInput, PromptEditor
+from tokenlab.tui.screens.lab import LabScreen
+from tokenlab.tui.widgets import CandidatesTable, TokenView
+
+PROMPT = "The capital of France is"
+SIZE = (100, 32)
+
+
+async def wait_for(pilot: Pilot, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Let the app run until `predicate()` holds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            lab = pilot.app.lab if hasattr(pilot.app, "lab") else None
+            state = (len(lab.steps), lab.running, lab.stop_reason) if lab is not None else None
+            raise AssertionError(f"timed out waiting for the lab (steps, running, stop): {state}")
+        await pilot.pause(0.02)
+
+
+def make_app(engine: Engine, **settings: object) -> TokenLabApp:
+    defaults: dict[str, object] = {
+        "prompt": PROMPT, "chat": False, "seed": 7, "max_tokens": 24, "autostart": False,
+        "params": SamplerParams(ban=(engine.eos_id,)),
+    }
+    defaults.update(settings)
+    return TokenLabApp(engine, LabSettings(**defaults))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def finished_engine(engine: Engine):
+    """The shared engine; after each test, wait until the app's controller thread has let go of it."""
+    apps: list[TokenLabApp] = []
+    yield engine, apps
+    for app in apps:
+        assert app.controller.stopped.wait(5), "the controller thread did not stop"
+
+
+async def test_opens_paused_at_the_live_frontier(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        assert not lab.running and lab.steps == []
+        candidates, chosen, title = lab.inspected()
+        assert title.startswith("next step 0") and chosen is None
+        assert candidates[0].text == " Paris"
+        table_text = str(app.lab.query_one(CandidatesTable).render())
+        assert table_text  # rendered something
+
+
+async def test_step_pause_and_resume(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=150)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(lab.steps) == 1 and lab.frontier is not None and lab.frontier.index == 1)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(lab.steps) == 2)
+        assert lab.steps[0].text == " Paris"
+        assert " Paris" in str(lab.query_one(TokenView).build_text())
+
+        await pilot.press("space")
+        await wait_for(pilot, lambda: lab.running)
+        await pilot.press("space")
+        await wait_for(pilot, lambda: not lab.running and lab.frontier is not None)
+        paused_at = len(lab.steps)
+        await pilot.pause(0.2)
+        assert len(lab.steps) == paused_at < 150  # nothing is generated while paused
+
+        await pilot.press("space")
+        await wait_for(pilot, lambda: lab.stop_reason == "max_tokens")
+        assert len(lab.steps) == 150
+        assert [s.index for s in lab.steps] == list(range(150))
+
+
+async def test_cursor_inspects_past_steps(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=6, autostart=True)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.stop_reason == "max_tokens" and lab.frontier is not None)
+        assert lab.effective_cursor() == 6  # the live frontier after the last step
+        await pilot.press("left", "left")
+        assert lab.effective_cursor() == 4
+        candidates, chosen, title = lab.inspected()
+        assert chosen == lab.steps[4].id and title.startswith("step 4")
+        assert [c.id for c in candidates] == [c.id for c in lab.steps[4].top]
+        await pilot.press("home")
+        assert lab.effective_cursor() == 0
+        await pilot.press("end")
+        assert lab.effective_cursor() == 6
+
+
+async def test_turning_a_knob_resamples_the_frontier_live(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        before = lab.frontier
+        assert before is not None and before.survivors > 1
+        decoded = engine.decoded_tokens
+        await pilot.press("k", "o")  # select top-k... and switch the stage off
+        await wait_for(pilot, lambda: lab.frontier is not None and "top_k" not in lab.frontier.params.samplers)
+        await pilot.press("o", "t", *["minus"] * 16)  # top-k back on; temperature 0.8 -> 0.0 (greedy)
+        await wait_for(pilot, lambda: lab.frontier is not None and lab.frontier.params.temperature == 0.0)
+        assert lab.params.temperature == 0.0 and "top_k" in lab.params.samplers
+        assert lab.frontier.survivors == 1
+        assert lab.frontier.candidates[0].final_prob == 1.0
+        assert engine.decoded_tokens == decoded  # re-sampled from the retained logits: no model call
+        await pilot.press("0")  # reset temperature
+        await wait_for(pilot, lambda: lab.frontier is not None and lab.frontier.params.temperature == 0.8)
+
+
+async def test_choosing_a_candidate_branches_and_continues(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=8)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        for expected in (1, 2, 3):
+            await pilot.press("n")
+            await wait_for(pilot, lambda: len(lab.steps) == expected and lab.frontier is not None)
+        original = [s.id for s in lab.steps]
+        await pilot.press("left", "left")  # step 1
+        candidates, chosen, _ = lab.inspected()
+        await pilot.press("right_square_bracket")  # the second candidate
+        target = lab.query_one(CandidatesTable).rows_for(candidates, chosen, lab.candidate_limit, None)[1]
+        assert target.id != original[1]
+        decoded = engine.decoded_tokens
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: lab.stop_reason == "max_tokens")
+        assert lab.steps[0].id == original[0]
+        assert lab.steps[1].id == target.id and lab.steps[1].forced
+        assert len(lab.steps) == 8
+        # the prompt and step 0 stayed in the KV cache: step 0 is re-decoded for its logits, then only the
+        # new suffix (the forced token and steps 2..7, the last one for the live frontier after the stop)
+        assert engine.decoded_tokens - decoded == 1 + (8 - 1)
+
+
+async def test_loop_mode_keeps_a_history_of_runs(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=4)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: len(lab.history) >= 3)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: not lab.loop)
+        seeds = [record.seed for record in lab.history]
+        assert len(set(seeds)) == len(seeds)
+        assert all(len(record.steps) == 4 for record in lab.history)
+        await wait_for(pilot, lambda: not lab.running)
+        await pilot.press("v")
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen))
+        await pilot.press("enter")  # the newest run
+        await wait_for(pilot, lambda: lab.viewing is not None)
+        assert lab.shown_steps() == list(lab.history[-1].steps)
+        await pilot.press("escape")
+        assert lab.viewing is None
+
+
+async def test_hot_token_boost_shows_in_the_table(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("h")
+        await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+        app.screen.query_one(Input).value = " London"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: lab.hot is not None and lab.frontier is not None
+                       and any(c.id == lab.hot[0] for c in lab.frontier.candidates))
+        london = lab.hot[0]
+        before = next(c for c in lab.frontier.candidates if c.id == london).final_prob
+        await pilot.press(*["greater_than_sign"] * 3)  # +6.0 logit bias
+        await wait_for(pilot, lambda: lab.frontier is not None and lab.frontier.params.logit_bias.get(london) == 6.0)
+        after = next(c for c in lab.frontier.candidates if c.id == london).final_prob
+        assert after > before and after > 0.5
+        await pilot.press(*["less_than_sign"] * 6)  # -6.0: suppressed
+        await wait_for(pilot, lambda: lab.frontier is not None and lab.frontier.params.logit_bias.get(london) == -6.0)
+        assert next(c for c in lab.frontier.candidates if c.id == london).final_prob == 0.0
+
+
+async def test_help_prompt_editor_and_colour_modes(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, LabScreen))
+
+        await pilot.press("c")
+        assert lab.query_one(TokenView).colour_mode == "final"
+        await pilot.press("c", "c", "c")
+        assert lab.query_one(TokenView).colour_mode == "raw"
+
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptEditor))
+        app.screen.query_one(TextArea).text = "   "
+        await pilot.press("enter")  # empty: refused, the old prompt stays
+        await wait_for(pilot, lambda: isinstance(app.screen, LabScreen))
+        assert lab.prompt == PROMPT
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptEditor))
+        app.screen.query_one(TextArea).text = "The capital of Italy is"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: lab.prompt == "The capital of Italy is" and len(lab.steps) >= 1)
+        assert lab.steps[0].top[0].text == " Rome"  # the model now weighs the new prompt
+
+
+async def test_a_model_that_fails_to_load_leaves_the_app_usable() -> None:
+    def broken() -> Engine:
+        raise EngineError("llama.cpp could not load broken.gguf: bad magic")
+
+    app = TokenLabApp(broken, LabSettings(prompt=PROMPT))
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.model_name == "no model")
+        assert any("could not load broken.gguf" in str(n.message) for n in app._notifications)
+        await pilot.press("n")  # still answers keys
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("escape")
+        await pilot.press("q")
+    assert app.controller.stopped.wait(5)
+
+
+async def test_quitting_while_generating_is_prompt(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=500, autostart=True)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: len(lab.steps) >= 3 and lab.running)
+        started = time.monotonic()
+        await pilot.press("q")
+    assert app.controller.stopped.wait(1.0)
+    assert time.monotonic() - started < 1.0
