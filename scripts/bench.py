@@ -141,9 +141,13 @@ def bench_pipeline(n_vocab: int, iterations: int) -> None:
     history = tuple(int(t) for t in rng.integers(0, n_vocab, 64))
     cases = {
         "default chain (llama.cpp order)": SamplerParams(),
-        "default + penalties (1.1, 0.1, 0.1)": SamplerParams(repeat_penalty=1.1, frequency_penalty=0.1, presence_penalty=0.1),
-        "top_k off (full sort for top_p)": SamplerParams(top_k=0),
+        "default + penalties + bias + ban": SamplerParams(
+            repeat_penalty=1.1, frequency_penalty=0.1, presence_penalty=0.1,
+            logit_bias={5: 2.0, 7: -1.0}, ban=(11, 13),
+        ),
         "greedy": SamplerParams(temperature=0),
+        "top_k off (full sort for top_p)": SamplerParams(top_k=0),
+        "all filters off (T=0.8)": SamplerParams(top_k=0, top_p=1.0, min_p=0.0),
     }
     print(f"\n== pipeline on a {n_vocab:,}-token float32 row, {iterations} iterations (median, ms/step)")
     draw_rng = np.random.default_rng(1)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-
 import pytest
-from textual.pilot import Pilot
 from textual.widgets import Input, TextArea
 
 from tokenlab.engine import Engine, EngineError
@@ -16,20 +13,10 @@ from tokenlab.tui.app import TokenLabApp
 from tokenlab.tui.screens.dialogs import HelpScreen, HistoryScreen, LineInput, PromptEditor
 from tokenlab.tui.screens.lab import LabScreen
 from tokenlab.tui.widgets import CandidatesTable, TokenView
+from tui_helpers import wait_for
 
 PROMPT = "The capital of France is"
 SIZE = (100, 32)
-
-
-async def wait_for(pilot: Pilot, predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Let the app run until `predicate()` holds (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            lab = pilot.app.lab if hasattr(pilot.app, "lab") else None
-            state = (len(lab.steps), lab.running, lab.stop_reason) if lab is not None else None
-            raise AssertionError(f"timed out waiting for the lab (steps, running, stop): {state}")
-        await pilot.pause(0.02)
 
 
 def make_app(engine: Engine, **settings: object) -> TokenLabApp:

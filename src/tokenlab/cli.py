@@ -339,7 +339,7 @@ def inspect_command(
     opts: RunOptions,
 ) -> None:
     """Show the next-token distribution after PROMPT: the top candidates and what each stage kept."""
-    from tokenlab.lab import Generation, entropy_bits
+    from tokenlab.lab import Generation
     from tokenlab.render import candidates_table
 
     prompt = read_prompt(prompt)
@@ -353,7 +353,7 @@ def inspect_command(
     candidates = frontier.candidates(engine.token_text, opts.top_n)
     result = frontier.result
     stages = [{"name": stage.name, "kept": int(stage.n_kept)} for stage in result.stages]
-    final_entropy = entropy_bits(result.final_probs)
+    final_entropy = max(0.0, result.final_entropy_bits)
     if output_format is InspectFormat.json:
         payload = {
             "model": engine.name,

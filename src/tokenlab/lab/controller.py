@@ -19,7 +19,7 @@ import numpy as np
 
 from tokenlab.engine import Engine, EngineError
 from tokenlab.lab.generation import Generation
-from tokenlab.lab.step import Candidate, Frontier, Step, entropy_bits
+from tokenlab.lab.step import Candidate, Frontier, Step
 from tokenlab.sampling import SamplerParams
 
 CURVE_POINTS = 64
@@ -148,7 +148,7 @@ class LabController:
         settings: LabSettings | None = None,
         emit: Callable[[LabEvent], None] | None = None,
         *,
-        batch_interval: float = 1 / 30,
+        batch_interval: float = 0.1,
     ) -> None:
         self._engine_source = engine
         self.engine: Engine | None = engine if isinstance(engine, Engine) or hasattr(engine, "evaluate") else None  # type: ignore[assignment]
@@ -305,7 +305,7 @@ class LabController:
             raw_curve=raw_curve,
             final_curve=final_curve,
             entropy=frontier.raw.entropy_bits,
-            final_entropy=entropy_bits(result.final_probs),
+            final_entropy=max(0.0, result.final_entropy_bits),
             survivors=int(result.final_ids.shape[0]),
             stages=tuple((stage.name, int(stage.n_kept)) for stage in result.stages),
         )

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from tokenlab.engine import Engine, EngineError, Utf8Stream
-from tokenlab.lab.step import DEFAULT_TOP_N, Frontier, Step, entropy_bits
+from tokenlab.lab.step import DEFAULT_TOP_N, Frontier, Step
 from tokenlab.sampling import PipelineResult, SamplerParams
 
 STOP_EOS = "eos"
@@ -201,7 +201,7 @@ class Generation:
             final_prob=result.prob_of(token_id),
             rank=raw.rank(token_id) + 1,
             entropy=raw.entropy_bits,
-            final_entropy=entropy_bits(result.final_probs),
+            final_entropy=max(0.0, result.final_entropy_bits),
             top=frontier.candidates(self.engine.token_text, self.top_n, extra=(token_id,)),
             forced=forced,
             eog=eog,

@@ -122,15 +122,7 @@ class Frontier:
 
     def top_ids(self, n: int) -> np.ndarray:
         """Ids of the n most likely tokens by raw logit, most likely first."""
-        n = min(n, self.logits.shape[0])
-        if n <= 0:
-            return np.empty(0, dtype=np.int64)
-        if n < self.logits.shape[0]:
-            part = np.argpartition(self.logits, -n)[-n:]
-        else:
-            part = np.arange(self.logits.shape[0])
-        order = np.lexsort((part, -self.logits[part].astype(np.float64)))
-        return part[order].astype(np.int64)
+        return self.raw.top_ids(n).astype(np.int64)
 
     def candidates(self, token_text, n: int = DEFAULT_TOP_N, extra: tuple[int, ...] = ()) -> tuple[Candidate, ...]:  # noqa: ANN001
         """The top-n raw candidates (and any `extra` ids) with raw and final probability and who removed them."""

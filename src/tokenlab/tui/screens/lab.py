@@ -57,9 +57,9 @@ class LabScreen(Screen[None]):
     """Generation you can pause, inspect, re-sample and branch, with every knob on a key."""
 
     BINDINGS = [
-        Binding("space", "toggle_run", "Pause/run", tooltip="Pause or resume generation"),
+        Binding("space", "toggle_run", "Pause", tooltip="Pause or resume generation"),
         Binding("n", "step", "Step", tooltip="Sample one token (pauses first)"),
-        Binding("r", "regenerate", "Regenerate", tooltip="Start over from the prompt with the current knobs"),
+        Binding("r", "regenerate", "Regen", tooltip="Start over from the prompt with the current knobs"),
         Binding("l", "toggle_loop", "Loop", tooltip="Regenerate over and over, keeping the last runs"),
         Binding("e", "edit_prompt", "Prompt", tooltip="Edit the prompt (enter runs it)"),
         Binding("c", "cycle_colours", "Colours", tooltip="Colour tokens by raw p, final p, rank or entropy"),

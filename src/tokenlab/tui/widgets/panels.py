@@ -27,7 +27,20 @@ def short_token(text: str, width: int = TOKEN_WIDTH) -> str:
     return f"'{shown}'"
 
 
-class CandidatesTable(Static):
+class Panel(Static):
+    """A Static that skips re-rendering when what it shows has not changed (rendering is the UI's main cost)."""
+
+    _shown: object = None
+
+    def unchanged(self, key: object) -> bool:
+        """True when `key` equals what is on screen already; otherwise remember it."""
+        if self._shown is not None and self._shown == key:
+            return True
+        self._shown = key
+        return False
+
+
+class CandidatesTable(Panel):
     """The candidates of the inspected step: rank, token, raw and final probability, bar, who removed it."""
 
     def show(
@@ -41,6 +54,8 @@ class CandidatesTable(Static):
         hot: int | None = None,
     ) -> None:
         """Render the first `limit` candidates (plus the chosen and hot ones when they rank lower)."""
+        if self.unchanged((tuple(candidates), chosen, selected, limit, title, hot)):
+            return
         rows = self.rows_for(candidates, chosen, limit, hot)
         table = Table(box=None, padding=(0, 1, 0, 0), expand=True, show_edge=False, title=title,
                       title_justify="left", title_style="bold")
@@ -76,12 +91,14 @@ class CandidatesTable(Static):
         return rows
 
 
-class KnobPanel(Static):
+class KnobPanel(Panel):
     """Every knob of the pipeline with its value; the selected one marked, switched-off stages dimmed."""
 
     def show(self, params: SamplerParams, selected: int, *, hot_text: str | None, hot_bias: float, seed: int,
              max_tokens: int) -> None:
         """Render the knobs (the last row is the hot token's bias)."""
+        if self.unchanged((params, selected, hot_text, hot_bias, seed, max_tokens)):
+            return
         text = Text()
         for index, knob in enumerate(KNOBS):
             enabled = stage_enabled(params, knob.stage)
@@ -100,15 +117,16 @@ class KnobPanel(Static):
         if selected == len(KNOBS):
             line.stylize("bold reverse")
         text.append_text(line)
-        text.append(f"\n  seed {seed}  max {max_tokens}", style="dim")
         self.update(text)
 
 
-class DistributionStrip(Static):
+class DistributionStrip(Panel):
     """The sorted probability curve of the inspected step, raw and after the pipeline, on a log scale."""
 
     def show_frontier(self, view: FrontierView, width: int) -> None:
         """The full curve of the next step (log-spaced ranks over the whole vocabulary)."""
+        if self.unchanged((id(view), width)):
+            return
         points = max(8, width - 8)
         raw = _resample(view.raw_curve, points)
         final = _resample(view.final_curve, points)
@@ -117,6 +135,8 @@ class DistributionStrip(Static):
 
     def show_step(self, step: Step, width: int) -> None:
         """The recorded top candidates of a past step (full rows are kept only for the frontier)."""
+        if self.unchanged((id(step), width)):
+            return
         points = max(8, width - 8)
         raw = np.array(sorted((c.prob for c in step.top), reverse=True))
         final = np.array(sorted((c.final_prob for c in step.top), reverse=True))
@@ -142,11 +162,13 @@ def _resample(curve: np.ndarray, points: int) -> np.ndarray:
     return curve[index]
 
 
-class PromptBar(Static):
+class PromptBar(Panel):
     """The prompt, the model, chat or raw."""
 
     def show(self, prompt: str, model: str, chat: bool | None) -> None:
         """Render the prompt line."""
+        if self.unchanged((prompt, model, chat)):
+            return
         mode = "chat" if chat else ("raw" if chat is not None else "chat?")
         text = Text()
         text.append(" prompt ", style="bold reverse")
@@ -155,12 +177,15 @@ class PromptBar(Static):
         self.update(text)
 
 
-class StatusLine(Static):
+class StatusLine(Panel):
     """Model, tokens, tokens/s, state, stop reason, seed."""
 
     def show(self, *, state: str, model: str, tokens: int, max_tokens: int, tokens_per_second: float,
              stop_reason: str | None, seed: int, loop: bool, viewing: str | None = None) -> None:
         """Render the status line."""
+        if self.unchanged((state, model, tokens, max_tokens, round(tokens_per_second, 1), stop_reason, seed, loop,
+                           viewing)):
+            return
         text = Text()
         colour = {"running": "green", "paused": "yellow"}.get(state, "red")
         text.append(f" ● {state} ", style=f"bold {colour}")

@@ -72,7 +72,7 @@ class TokenView(Static, can_focus=True):
             if step.forced:
                 style += " underline"
             if step.index == self._cursor:
-                style = f"bold reverse {colour}"
+                style = f"bold underline black on white"
             text.append(label, style=style)
         if self._cursor == len(self._steps) and self._frontier:
             text.append(" ▍", style="bold reverse")

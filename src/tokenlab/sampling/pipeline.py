@@ -1,0 +1,340 @@
+"""The pipeline: raw logits and history in; a report per stage and a final distribution out.
+
+Degenerate rows never raise and never produce NaN:
+
+- NaN logits count as -inf (the token is removed; `removed_by` says "input").
+- +inf logits share the probability mass equally among themselves.
+- When no token is left with a logit above -inf after logit_bias and ban (an all -inf or all-NaN
+  row, or a row whose only finite tokens were banned), the row says nothing about the allowed
+  tokens, so the ordered stages are skipped and the distribution is uniform over the allowed tokens
+  (those not banned and without a -inf bias), or over the whole vocabulary when nothing is allowed.
+  `PipelineResult.uniform_fallback` is then True.
+
+Filters (top_k, typical_p, top_p, min_p) never leave fewer than `min_keep` tokens when they received
+at least that many.  Greedy decoding (temperature 0) is the exception: it keeps exactly the most
+likely token, as llama.cpp does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from tokenlab.sampling.candidates import (
+    Candidates,
+    as_row,
+    locate,
+    softmax,
+    sort_dense,
+    workspace_candidates,
+)
+from tokenlab.sampling.params import SamplerParams
+from tokenlab.sampling.stages import STAGES, Ban, LogitBias, Stage, StepContext
+
+REMOVED_BY_INPUT = "input"
+"""What `removed_by` answers for a token whose raw logit was already -inf or NaN."""
+
+# A draw from a dense final distribution first ranks only this many tokens.
+_DRAW_PARTIAL = 256
+
+
+def _as_history(history: Iterable[int] | np.ndarray) -> Sequence[int] | np.ndarray:
+    if isinstance(history, (np.ndarray, Sequence)):
+        return history
+    return tuple(history)
+
+
+class StageReport:
+    """What one stage did: which tokens survived it, and their logits afterwards."""
+
+    __slots__ = ("_after", "_before", "_probs", "name", "params")
+
+    def __init__(
+        self, name: str, params: dict[str, object], before: Candidates, after: Candidates
+    ) -> None:
+        self.name = name
+        """Canonical stage name."""
+        self.params = params
+        """The stage's parameters as plain values."""
+        self._before = before
+        self._after = after
+        self._probs: np.ndarray | None = None
+
+    @property
+    def kept_ids(self) -> np.ndarray | None:
+        """Survivor ids by descending logit (ties: ascending id); None when the row is dense."""
+        return self._after.ids
+
+    @property
+    def logits(self) -> np.ndarray:
+        """Logits after the stage, aligned with `kept_ids` (or by id, -inf = removed, if None)."""
+        return self._after.logits
+
+    @property
+    def n_kept(self) -> int:
+        """Number of tokens alive after the stage."""
+        return self._after.count()
+
+    @property
+    def n_in(self) -> int:
+        """Number of tokens alive before the stage."""
+        return self._before.count()
+
+    @property
+    def n_removed(self) -> int:
+        """Number of tokens this stage removed."""
+        return self.n_in - self.n_kept
+
+    @property
+    def candidates(self) -> Candidates:
+        """The stage's output as candidates (dense or sparse)."""
+        return self._after
+
+    def probs(self) -> np.ndarray:
+        """Float64 softmax over the survivors, aligned with `logits` (0 where removed)."""
+        if self._probs is None:
+            self._probs = softmax(self._after.logits)
+        return self._probs
+
+    def contains(self, token_id: int) -> bool:
+        """Whether `token_id` survived this stage."""
+        return self._after.contains(token_id)
+
+    def prob_of(self, token_id: int) -> float:
+        """Probability of `token_id` after this stage (0.0 when removed)."""
+        if self._after.ids is None:
+            return float(self.probs()[token_id])
+        found, positions = locate(self._after.ids, np.array([token_id], dtype=np.int64))
+        return float(self.probs()[positions[0]]) if found[0] else 0.0
+
+    def top(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and probabilities of the n most likely survivors, most likely first."""
+        if self._after.ids is not None:
+            return self._after.ids[:n], self.probs()[:n]
+        best = self._after.top(n)
+        assert best.ids is not None
+        return best.ids, self.probs()[best.ids]
+
+    def __repr__(self) -> str:
+        return (
+            f"StageReport(name={self.name!r}, n_in={self.n_in}, n_kept={self.n_kept}, "
+            f"params={self.params!r})"
+        )
+
+
+class PipelineResult:
+    """One pipeline run: per-stage reports, the final distribution, and seeded draws from it."""
+
+    def __init__(
+        self,
+        *,
+        params: SamplerParams,
+        raw: np.ndarray,
+        stages: tuple[StageReport, ...],
+        final: Candidates,
+        uniform_fallback: bool,
+    ) -> None:
+        self.params = params
+        """The parameters the pipeline ran with."""
+        self.n_vocab = int(raw.shape[0])
+        """Length of the logits row."""
+        self.stages = stages
+        """One report per stage that ran, in order (logit_bias/ban only when they had work)."""
+        self.uniform_fallback = uniform_fallback
+        """True when nothing finite was left after logit_bias and ban (uniform over allowed)."""
+        self.final = final
+        """The surviving candidates and their final logits."""
+        self._raw = raw
+
+    # -- the final distribution --------------------------------------------------------------------
+
+    @cached_property
+    def _dense_final(self) -> np.ndarray:
+        assert self.final.ids is None
+        return softmax(self.final.logits)
+
+    @cached_property
+    def _ranked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.final.ids is not None:
+            return self.final.ids, self.final.logits, softmax(self.final.logits)
+        ids, logits = sort_dense(self.final.logits)
+        return ids, logits, self._dense_final[ids]
+
+    @property
+    def final_ids(self) -> np.ndarray:
+        """Int64 ids of the survivors, by descending final probability (ties: ascending id)."""
+        return self._ranked[0]
+
+    @property
+    def final_logits(self) -> np.ndarray:
+        """Float logits of the survivors after the last stage, aligned with `final_ids`."""
+        return self._ranked[1]
+
+    @property
+    def final_probs(self) -> np.ndarray:
+        """Float64 final probabilities aligned with `final_ids`; they sum to 1."""
+        return self._ranked[2]
+
+    @property
+    def n_final(self) -> int:
+        """Number of survivors."""
+        return self.final.count()
+
+    @cached_property
+    def final_entropy_bits(self) -> float:
+        """Shannon entropy of the final distribution, in bits."""
+        probs = self._dense_final if self.final.ids is None else self.final_probs
+        positive = probs[probs > 0]
+        return float(-(positive * np.log2(positive)).sum()) if positive.shape[0] else 0.0
+
+    def dense_probs(self) -> np.ndarray:
+        """A new full-length float64 vector of final probabilities by token id (0 where removed)."""
+        if self.final.ids is None:
+            return self._dense_final.copy()
+        probs = np.zeros(self.n_vocab)
+        probs[self.final_ids] = self.final_probs
+        return probs
+
+    def _check_id(self, token_id: int) -> int:
+        token_id = int(token_id)
+        if not 0 <= token_id < self.n_vocab:
+            raise ValueError(
+                f"token id {token_id} is outside the vocabulary (n_vocab={self.n_vocab})"
+            )
+        return token_id
+
+    def prob_of(self, token_id: int) -> float:
+        """Final probability of `token_id` (0.0 when removed)."""
+        token_id = self._check_id(token_id)
+        if self.final.ids is None:
+            return float(self._dense_final[token_id])
+        found, positions = locate(self.final.ids, np.array([token_id], dtype=np.int64))
+        return float(self.final_probs[positions[0]]) if found[0] else 0.0
+
+    def removed_by(self, token_id: int) -> str | None:
+        """First stage that removed `token_id`: None if it survived, "input" if raw -inf/NaN."""
+        token_id = self._check_id(token_id)
+        if self.final.contains(token_id):
+            return None
+        if self.uniform_fallback:
+            if token_id in self.params.ban:
+                return Ban.name
+            if self.params.logit_bias.get(token_id) == -np.inf:
+                return LogitBias.name
+        raw_logit = self._raw[token_id]
+        if not raw_logit > -np.inf:  # -inf or NaN
+            return REMOVED_BY_INPUT
+        for report in self.stages:
+            if not report.contains(token_id):
+                return report.name
+        return None
+
+    def draw(self, rng: np.random.Generator) -> int:
+        """One token id by inverse CDF over `final_probs` using exactly one `rng.random()` call."""
+        u = rng.random()
+        if (
+            self.final.ids is None
+            and "_ranked" not in self.__dict__
+            and self.final.count() > _DRAW_PARTIAL
+        ):
+            # Rank only the best few hundred; sort fully only when u falls past their mass.
+            best = self.final.top(_DRAW_PARTIAL)
+            assert best.ids is not None
+            cumulative = np.cumsum(self._dense_final[best.ids])
+            if u < cumulative[-1]:
+                return int(best.ids[int(np.searchsorted(cumulative, u, side="right"))])
+        probs = self.final_probs
+        cumulative = np.cumsum(probs)
+        index = int(np.searchsorted(cumulative, u, side="right"))
+        # Rounding can put u past the float sum: fall back to the last token with p > 0.
+        last_positive = int(np.count_nonzero(probs > 0)) - 1
+        return int(self.final_ids[min(index, last_positive)])
+
+    def __repr__(self) -> str:
+        stages = ", ".join(f"{r.name}:{r.n_kept}" for r in self.stages)
+        return f"PipelineResult(n_vocab={self.n_vocab}, n_final={self.n_final}, stages=[{stages}])"
+
+
+class Pipeline:
+    """The stages configured by one SamplerParams, ready to run on any number of rows."""
+
+    def __init__(self, params: SamplerParams | None = None) -> None:
+        self.params = params if params is not None else SamplerParams()
+        if not isinstance(self.params, SamplerParams):
+            raise ValueError(f"Pipeline needs a SamplerParams, got {type(self.params).__name__}")
+        first = (LogitBias.from_params(self.params), Ban.from_params(self.params))
+        self._first: tuple[Stage, ...] = tuple(stage for stage in first if stage is not None)
+        ordered = (STAGES[name].from_params(self.params) for name in self.params.samplers)
+        self._ordered: tuple[Stage, ...] = tuple(stage for stage in ordered if stage is not None)
+
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages that will run, in order (no-op stages are left out)."""
+        return self._first + self._ordered
+
+    def accept(self, token_id: int) -> None:
+        """Tell stateful stages that `token_id` was appended to the text."""
+        for stage in self.stages:
+            stage.accept(token_id)
+
+    def run(self, logits: object, history: Iterable[int] | np.ndarray = ()) -> PipelineResult:
+        """Apply every stage to one raw logits row (never modified; reports may reference it)."""
+        row = as_row(logits)
+        context = StepContext(n_vocab=int(row.shape[0]), history=_as_history(history))
+        top = row.max()
+        if np.isnan(top):
+            clean = row.astype(np.float64)  # a copy
+            clean[np.isnan(clean)] = -np.inf
+            candidates = workspace_candidates(clean)
+            top = clean.max()
+        else:
+            candidates = Candidates.dense(row)
+
+        reports: list[StageReport] = []
+        for stage in self._first:
+            after = stage.apply(candidates, context)
+            reports.append(StageReport(stage.name, stage.describe(), candidates, after))
+            candidates = after
+        if self._first:
+            top = candidates.max_logit()
+        if top == -np.inf:
+            return PipelineResult(
+                params=self.params,
+                raw=row,
+                stages=tuple(reports),
+                final=self._uniform_over_allowed(context.n_vocab),
+                uniform_fallback=True,
+            )
+
+        for stage in self._ordered:
+            after = stage.apply(candidates, context)
+            reports.append(StageReport(stage.name, stage.describe(), candidates, after))
+            candidates = after
+        return PipelineResult(
+            params=self.params,
+            raw=row,
+            stages=tuple(reports),
+            final=candidates,
+            uniform_fallback=False,
+        )
+
+    def _uniform_over_allowed(self, n_vocab: int) -> Candidates:
+        allowed = np.ones(n_vocab, dtype=bool)
+        banned = [i for i in self.params.ban if i < n_vocab]
+        banned += [
+            i for i, bias in self.params.logit_bias.items() if bias == -np.inf and i < n_vocab
+        ]
+        allowed[banned] = False
+        if not allowed.any():
+            allowed[:] = True
+        return Candidates.dense(np.where(allowed, 0.0, -np.inf))
+
+
+def distribution(
+    logits: object, history: Iterable[int] | np.ndarray = (), **params: Any
+) -> np.ndarray:
+    """Full-length float64 final probabilities of `logits` under SamplerParams(**params)."""
+    return Pipeline(SamplerParams.from_dict(params)).run(logits, history).dense_probs()

@@ -1,0 +1,129 @@
+"""Hypothesis properties: any logits, parameters and order give a valid distribution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tokenlab.sampling import STAGE_NAMES, Pipeline, SamplerParams, raw_stats
+
+MAX_VOCAB = 40
+
+special_floats = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e30, -1e30, 3.4e38])
+logit_values = st.one_of(st.floats(-50, 50, width=32), st.floats(-50, 50, width=32), special_floats)
+
+
+@st.composite
+def logits_rows(draw: st.DrawFn) -> np.ndarray:
+    """A float32 or float64 row with ordinary, tied and non-finite values."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    size = draw(st.integers(1, MAX_VOCAB))
+    return draw(hnp.arrays(dtype, size, elements=logit_values))
+
+
+@st.composite
+def sampler_params(draw: st.DrawFn, n_vocab: int) -> SamplerParams:
+    """Random valid parameters, a random subset of the stages in a random order."""
+    unit = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0))
+    stages = draw(st.permutations(STAGE_NAMES))
+    samplers = tuple(stages[: draw(st.integers(0, len(stages)))])
+    token = st.integers(0, n_vocab - 1)
+    return SamplerParams(
+        temperature=draw(st.one_of(st.sampled_from([0.0, 1.0, 1e-300]), st.floats(0.0, 100.0))),
+        top_k=draw(st.integers(0, MAX_VOCAB + 5)),
+        top_p=draw(unit),
+        min_p=draw(unit),
+        typical_p=draw(unit),
+        repeat_penalty=draw(st.one_of(st.just(1.0), st.floats(1e-3, 1e3))),
+        frequency_penalty=draw(st.floats(-10, 10)),
+        presence_penalty=draw(st.floats(-10, 10)),
+        penalty_last_n=draw(st.integers(-1, 10)),
+        min_keep=draw(st.integers(1, 6)),
+        logit_bias=draw(
+            st.dictionaries(token, st.one_of(st.floats(-1e3, 1e3), st.just(-math.inf)), max_size=3)
+        ),
+        ban=tuple(draw(st.lists(token, max_size=3))),
+        samplers=samplers,
+    )
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> tuple[np.ndarray, SamplerParams, list[int]]:
+    """Logits, parameters and a history (with a few ids outside the vocabulary)."""
+    logits = draw(logits_rows())
+    params = draw(sampler_params(logits.shape[0]))
+    history = draw(st.lists(st.integers(-2, logits.shape[0] + 2), max_size=20))
+    return logits, params, history
+
+
+def alive_after_bias_and_ban(logits: np.ndarray, params: SamplerParams) -> int:
+    """How many tokens still have a logit above -inf after logit_bias and ban."""
+    alive = logits > -np.inf  # NaN compares False
+    for token_id, bias in params.logit_bias.items():
+        if bias == -math.inf:
+            alive[token_id] = False
+    alive[list(params.ban)] = False
+    return int(alive.sum())
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_any_input_gives_a_valid_distribution(
+    case: tuple[np.ndarray, SamplerParams, list[int]],
+) -> None:
+    logits, params, history = case
+    before = logits.copy()
+    result = Pipeline(params).run(logits, history)
+
+    np.testing.assert_array_equal(logits, before)  # never mutated (NaN == NaN here)
+    probs = result.dense_probs()
+    assert probs.shape == logits.shape and probs.dtype == np.float64
+    assert np.isfinite(probs).all() and (probs >= 0).all()
+    assert abs(probs.sum() - 1.0) <= 1e-12
+    final_probs = result.final_probs
+    assert abs(final_probs.sum() - 1.0) <= 1e-12
+    assert (np.diff(final_probs) <= 0).all()  # sorted by descending probability
+    assert len(set(result.final_ids.tolist())) == result.final_ids.shape[0]
+    np.testing.assert_array_equal(probs[result.final_ids], final_probs)
+
+    greedy = params.temperature == 0.0 and "temperature" in params.samplers
+    alive = alive_after_bias_and_ban(logits, params)
+    if result.uniform_fallback:
+        assert alive == 0
+    elif greedy:
+        assert result.n_final == 1
+    else:
+        assert result.n_final >= min(params.min_keep, alive)
+
+    for report in result.stages:
+        report_probs = report.probs()
+        assert np.isfinite(report_probs).all() and abs(report_probs.sum() - 1.0) <= 1e-12
+        assert not np.isnan(report.logits).any()
+        assert report.n_kept <= report.n_in
+    survivors = set(result.final_ids.tolist())
+    for token_id in range(logits.shape[0]):
+        assert (result.removed_by(token_id) is None) == (token_id in survivors)
+
+    token = result.draw(np.random.default_rng(0))
+    assert token in survivors and probs[token] > 0
+    assert token == result.draw(np.random.default_rng(0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(logits_rows())
+def test_raw_stats_is_finite_and_consistent(logits: np.ndarray) -> None:
+    before = logits.copy()
+    stats = raw_stats(logits)
+    np.testing.assert_array_equal(logits, before)
+    probs = stats.probs(np.arange(logits.shape[0]))
+    assert np.isfinite(probs).all() and (probs >= 0).all()
+    assert abs(probs.sum() - 1.0) <= 1e-9
+    assert 0.0 <= stats.entropy_bits <= math.log2(logits.shape[0]) + 1e-9
+    for token_id in range(logits.shape[0]):
+        assert stats.prob(token_id) == probs[token_id]
+        assert 0 <= stats.rank(token_id) < logits.shape[0]
+    assert stats.rank(int(stats.top_ids(1)[0])) == 0
