@@ -38,9 +38,9 @@ def bench_generate(model: str | None, tokens: int, reps: int, threads: int | Non
     # decode too, and the rate is per generated token
     params = SamplerParams()
 
-    def run_ours(seed: int) -> tuple[int, float]:
+    def run_ours(seed: int, record: bool) -> tuple[int, float]:
         engine.reset()
-        generation = Generation(engine, prompt, params, seed=seed, max_tokens=tokens)
+        generation = Generation(engine, prompt, params, seed=seed, max_tokens=tokens, record=record)
         sink = io.StringIO()
         started = time.perf_counter()
         for step in generation.run():
@@ -56,24 +56,34 @@ def bench_generate(model: str | None, tokens: int, reps: int, threads: int | Non
         )
         return int(out["usage"]["completion_tokens"]), time.perf_counter() - started
 
-    run_ours(0), run_theirs(0)  # warm up both (page in the weights, build caches)
-    ours_rates, theirs_rates = [], []
+    def run_text(seed: int) -> tuple[int, float]:
+        return run_ours(seed, record=False)
+
+    def run_jsonl(seed: int) -> tuple[int, float]:
+        return run_ours(seed, record=True)
+
+    run_text(0), run_jsonl(0), run_theirs(0)  # warm up all three (page in the weights, build caches)
+    text_rates: list[float] = []
+    jsonl_rates: list[float] = []
+    theirs_rates: list[float] = []
     for rep in range(reps):
-        for runner, rates in ((run_ours, ours_rates), (run_theirs, theirs_rates)):
+        for runner, rates in ((run_text, text_rates), (run_theirs, theirs_rates), (run_jsonl, jsonl_rates)):
             count, seconds = runner(rep + 1)
             rates.append(count / seconds)
-    ours, theirs = statistics.median(ours_rates), statistics.median(theirs_rates)
+    text, jsonl, theirs = (statistics.median(r) for r in (text_rates, jsonl_rates, theirs_rates))
     print(f"\n== generate: {engine.name}, {engine.n_threads} threads, prompt {len(prompt)} tokens, "
           f"up to {tokens} tokens, {reps} interleaved reps (median)")
-    print(f"  tokenlab Generation loop        {ours:8.1f} tok/s   {fmt(ours_rates)}")
+    print(f"  tokenlab generate (text)        {text:8.1f} tok/s   {fmt(text_rates)}")
+    print(f"  tokenlab generate (jsonl: full step records, top-20)  {jsonl:8.1f} tok/s   {fmt(jsonl_rates)}")
     print(f"  llama-cpp-python completion     {theirs:8.1f} tok/s   {fmt(theirs_rates)}")
-    print(f"  ratio tokenlab / llama-cpp      {ours / theirs:8.3f}   (target >= 1.0)")
+    print(f"  ratio text / llama-cpp          {text / theirs:8.3f}   (target >= 1.0)")
+    print(f"  ratio jsonl / llama-cpp         {jsonl / theirs:8.3f}")
     reference.close()
     engine.close()
 
 
-def bench_tui(model: str | None, tokens: int, reps: int, threads: int | None) -> None:
-    """tokens/s of the lab TUI (headless run_test app) against the same generation loop without a UI."""
+def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int | None) -> float:
+    """One run in this (child) process: `plain` generation loop or the lab `tui`; returns wall tok/s."""
     import asyncio
 
     from tokenlab.engine import Engine, EngineOptions
@@ -83,46 +93,73 @@ def bench_tui(model: str | None, tokens: int, reps: int, threads: int | None) ->
     from tokenlab.sampling import SamplerParams
     from tokenlab.tui.app import TokenLabApp
 
-    engine = Engine(resolve_model(model), EngineOptions(n_ctx=1024, n_threads=threads))
-    params = SamplerParams(ban=(engine.eos_id,))  # every run generates exactly `tokens` tokens
-    prompt = engine.format_prompt(PROMPT, chat=True)
-
-    def run_plain(seed: int) -> float:
-        engine.reset()
-        generation = Generation(engine, prompt, params, seed=seed, max_tokens=tokens)
+    if case == "plain":
+        engine = Engine(resolve_model(model), EngineOptions(n_ctx=1024, n_threads=threads))
+        params = SamplerParams(ban=(engine.eos_id,))  # every run generates exactly `tokens` tokens
+        generation = Generation(engine, engine.format_prompt(PROMPT, chat=True), params, seed=seed,
+                                max_tokens=tokens)
+        generation.frontier()  # the prompt, decoded before the clock starts (as in the TUI case)
         for _ in generation.run():
             pass
         return generation.wall_tokens_per_second
 
-    async def run_tui_async(seed: int) -> float:
-        engine.reset()
-        settings = LabSettings(prompt=PROMPT, chat=True, params=params, seed=seed, max_tokens=tokens)
-        app = TokenLabApp(engine, settings)
+    async def run_tui() -> float:
+        # like `tokenlab lab`: the model loads and decodes on the controller thread only
+        path = resolve_model(model)
+        engines: list[Engine] = []
+
+        def load() -> Engine:
+            engines.append(Engine(path, EngineOptions(n_ctx=1024, n_threads=threads)))
+            return engines[-1]
+
+        settings = LabSettings(prompt=PROMPT, chat=True, seed=seed, max_tokens=tokens, autostart=False)
+        app = TokenLabApp(load, settings)
         async with app.run_test(size=(100, 30)) as pilot:
+            while app.lab.frontier is None:  # loaded, and paused at the first step
+                await asyncio.sleep(0.05)
+            app.controller.send("set_params", SamplerParams(ban=(engines[0].eos_id,)))
+            await pilot.press("space")  # generate, as a user would
             while True:
                 generation = app.controller.generation
                 if generation is not None and generation.done and app.lab.stop_reason is not None:
                     break
-                await pilot.pause(0.02)
-            rate = generation.wall_tokens_per_second
+                await asyncio.sleep(0.05)  # not pilot.pause(): that forces extra screen work
             shown = len(app.lab.steps)
-        assert shown == tokens, f"the screen shows {shown} of {tokens} tokens"
-        return rate
+        if shown != tokens:
+            raise SystemExit(f"the screen shows {shown} of {tokens} tokens")
+        return generation.wall_tokens_per_second
 
-    def run_tui(seed: int) -> float:
-        return asyncio.run(run_tui_async(seed))
+    return asyncio.run(run_tui())
 
-    run_plain(0), run_tui(0)
+
+def bench_tui(model: str | None, tokens: int, reps: int, threads: int | None) -> None:
+    """tokens/s of the lab TUI (headless run_test app) against the generation loop without a UI.
+
+    Each run is its own process, as in real use: llama.cpp's OpenMP thread teams belong to the thread
+    that decodes, and two decoding threads in one process slow each other down.
+    """
+    import subprocess
+    import sys
+
+    def run(case: str, seed: int) -> float:
+        command = [sys.executable, __file__, "--child", case, "--tokens", str(tokens), "--seed", str(seed)]
+        if model:
+            command += ["--model", model]
+        if threads:
+            command += ["--threads", str(threads)]
+        out = subprocess.run(command, capture_output=True, text=True, check=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    run("plain", 0), run("tui", 0)
     plain_rates, tui_rates = [], []
     for rep in range(reps):
-        plain_rates.append(run_plain(rep + 1))
-        tui_rates.append(run_tui(rep + 1))
+        plain_rates.append(run("plain", rep + 1))
+        tui_rates.append(run("tui", rep + 1))
     plain, tui = statistics.median(plain_rates), statistics.median(tui_rates)
-    print(f"\n== lab TUI: {engine.name}, {tokens} tokens per run, {reps} interleaved reps (median, wall clock)")
+    print(f"\n== lab TUI: {tokens} tokens per run, {reps} interleaved reps, one process each (median, wall clock)")
     print(f"  generation loop, no UI          {plain:8.1f} tok/s   {fmt(plain_rates)}")
     print(f"  lab TUI (headless run_test)     {tui:8.1f} tok/s   {fmt(tui_rates)}")
     print(f"  ratio TUI / no UI               {tui / plain:8.3f}   (target >= 0.9)")
-    engine.close()
 
 
 def fmt(values: list[float]) -> str:
@@ -183,7 +220,12 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=262_144, help="row length for the pipeline benchmark")
     parser.add_argument("--iterations", type=int, default=300, help="pipeline iterations")
     parser.add_argument("--only", choices=["generate", "pipeline", "tui"], default=None, help="run one benchmark")
+    parser.add_argument("--child", choices=["plain", "tui"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(tui_child(args.child, args.model, args.tokens, args.seed, args.threads))
+        return
     if args.only in (None, "pipeline"):
         bench_pipeline(args.vocab, args.iterations)
     if args.only in (None, "generate"):

@@ -64,7 +64,7 @@ async def test_step_pause_and_resume(finished_engine) -> None:
         await pilot.press("n")
         await wait_for(pilot, lambda: len(lab.steps) == 2)
         assert lab.steps[0].text == " Paris"
-        assert " Paris" in str(lab.query_one(TokenView).build_text())
+        assert " Paris" in lab.query_one(TokenView).plain_text()
 
         await pilot.press("space")
         await wait_for(pilot, lambda: lab.running)

@@ -67,3 +67,24 @@ def test_help_screen(snap_compare) -> None:
         await pilot.press("question_mark")
 
     assert snap_compare(make_app(), terminal_size=(100, 44), run_before=run_before)
+
+
+async def test_incremental_token_layout_equals_a_full_layout() -> None:
+    """Tokens arriving in batches are laid out from the last line only; the result must match a fresh layout."""
+    from tokenlab.tui.widgets import TokenView
+
+    app = TokenLabApp(FakeEngine(), LabSettings(prompt="the keeper", chat=False, seed=3, max_tokens=150))
+    async with app.run_test(size=(60, 30)) as pilot:
+        lab = pilot.app.lab
+        await wait_for(pilot, lambda: lab.stop_reason is not None)
+        steps = list(lab.steps)
+        view = lab.query_one(TokenView)
+        growing: list = []
+        for start in range(0, len(steps), 7):
+            growing.extend(steps[start:start + 7])
+            view.show(growing, None)
+        incremental = view.plain_text()
+        view.show(list(steps), None)  # a new list: a full layout
+        assert view.plain_text() == incremental
+        assert "↵" in incremental and len(incremental.splitlines()) > 5
+        assert all(len(line) <= view.scrollable_content_region.width for line in incremental.splitlines())

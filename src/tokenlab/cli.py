@@ -296,6 +296,7 @@ def generate(
     generation = Generation(
         engine, prompt_tokens(engine, prompt, opts), params,
         seed=seed, max_tokens=opts.max_tokens, top_n=opts.top_n,
+        record=output_format is OutputFormat.jsonl,  # plain text needs no candidates or raw statistics
     )
     out = sys.stdout
     started = time.perf_counter()

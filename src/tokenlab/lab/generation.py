@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from tokenlab.engine import Engine, EngineError, Utf8Stream
 from tokenlab.lab.step import DEFAULT_TOP_N, Frontier, Step
-from tokenlab.sampling import PipelineResult, SamplerParams
+from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams
 
 STOP_EOS = "eos"
 STOP_MAX_TOKENS = "max_tokens"
@@ -42,6 +43,7 @@ class Generation:
         seed: int = 0,
         max_tokens: int = 256,
         top_n: int = DEFAULT_TOP_N,
+        record: bool = True,
     ) -> None:
         if not prompt_tokens:
             raise EngineError("the prompt is empty; give some text to continue")
@@ -60,9 +62,12 @@ class Generation:
         self.seed = int(seed)
         self.max_tokens = int(max_tokens)
         self.top_n = int(top_n)
+        self.record = record
+        """False for lean runs (plain text output): steps then carry no raw statistics or candidates."""
         self.steps: list[Step] = []
         self.stop_reason: str | None = None
         self._frontier: Frontier | None = None
+        self._pipeline: Pipeline | None = None
         self._utf8 = Utf8Stream()
         self.started_at: float | None = None
         """perf_counter() when the first step began (wall-clock timing of a whole run)."""
@@ -115,7 +120,10 @@ class Generation:
         if self._frontier is None:
             context = self.context
             logits = self.engine.evaluate(context)
-            self._frontier = Frontier(logits=logits, history=tuple(context), params=self.params)
+            if self._pipeline is None or self._pipeline.params is not self.params:
+                self._pipeline = Pipeline(self.params)
+            self._frontier = Frontier(logits=logits, history=tuple(context), params=self.params,
+                                      pipeline=self._pipeline)
         elif self._frontier.params != self.params:
             self._frontier.resample(self.params)
         return self._frontier
@@ -190,19 +198,25 @@ class Generation:
         eog = self.engine.is_eog(token_id)
         piece_bytes = self.engine.piece(token_id)
         text = "" if eog else self._utf8.push(piece_bytes)
-        raw = frontier.raw
+        if self.record:
+            raw = frontier.raw
+            prob, rank, entropy = raw.prob(token_id), raw.rank(token_id) + 1, raw.entropy_bits
+            top = frontier.candidates(self.engine.token_text, self.top_n, extra=(token_id,))
+            final_entropy = max(0.0, result.final_entropy_bits)
+        else:
+            prob, rank, entropy, top, final_entropy = math.nan, 0, math.nan, (), math.nan
         step = Step(
             index=index,
             id=token_id,
             piece=self.engine.token_text(token_id),
             text=text,
             logit=float(frontier.logits[token_id]),
-            prob=raw.prob(token_id),
+            prob=prob,
             final_prob=result.prob_of(token_id),
-            rank=raw.rank(token_id) + 1,
-            entropy=raw.entropy_bits,
-            final_entropy=max(0.0, result.final_entropy_bits),
-            top=frontier.candidates(self.engine.token_text, self.top_n, extra=(token_id,)),
+            rank=rank,
+            entropy=entropy,
+            final_entropy=final_entropy,
+            top=top,
             forced=forced,
             eog=eog,
         )

@@ -106,18 +106,29 @@ class Frontier:
     history: tuple[int, ...]
     """Token ids of the context (prompt and generated text) the penalties look at."""
     params: SamplerParams
+    pipeline: Pipeline | None = None
+    """A Pipeline built from `params` to reuse (building one per step costs more than running it)."""
     result: PipelineResult = field(init=False)
-    raw: RawStats = field(init=False)
+    _raw: RawStats | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.raw = raw_stats(self.logits)
-        self.result = Pipeline(self.params).run(self.logits, self.history)
+        if self.pipeline is None or self.pipeline.params is not self.params:
+            self.pipeline = Pipeline(self.params)
+        self.result = self.pipeline.run(self.logits, self.history)
+
+    @property
+    def raw(self) -> RawStats:
+        """Statistics of the untouched distribution (computed on first use: lean runs never need them)."""
+        if self._raw is None:
+            self._raw = raw_stats(self.logits)
+        return self._raw
 
     def resample(self, params: SamplerParams) -> PipelineResult:
         """Re-run the pipeline on the retained logits with new params (no model call)."""
         if params != self.params:
             self.params = params
-            self.result = Pipeline(params).run(self.logits, self.history)
+            self.pipeline = Pipeline(params)
+            self.result = self.pipeline.run(self.logits, self.history)
         return self.result
 
     def top_ids(self, n: int) -> np.ndarray:
@@ -130,14 +141,19 @@ class Frontier:
         for token_id in extra:
             if token_id not in ids:
                 ids.append(int(token_id))
+        id_array = np.asarray(ids, dtype=np.int64)
+        raw_probs = self.raw.probs(id_array).tolist()
+        final_probs = self.result.probs_of(id_array).tolist()
+        removed = self.result.removed_by_many(id_array)
+        logits = self.logits[id_array].tolist()
         return tuple(
             Candidate(
                 id=token_id,
                 text=token_text(token_id),
-                logit=float(self.logits[token_id]),
-                prob=self.raw.prob(token_id),
-                final_prob=self.result.prob_of(token_id),
-                removed_by=self.result.removed_by(token_id),
+                logit=logits[i],
+                prob=raw_probs[i],
+                final_prob=final_probs[i],
+                removed_by=removed[i],
             )
-            for token_id in ids
+            for i, token_id in enumerate(ids)
         )

@@ -137,6 +137,13 @@ class Candidates:
             return bool(self.logits[token_id] > -np.inf)
         return bool(np.any(self.ids == token_id))
 
+    def contains_many(self, ids: np.ndarray) -> np.ndarray:
+        """For each id, whether it is alive here (vectorised `contains`)."""
+        if self.ids is None:
+            alive: np.ndarray = self.logits[ids] > -np.inf
+            return alive
+        return locate(self.ids, ids)[0]
+
     def values_at(self, ids: np.ndarray) -> np.ndarray:
         """Float64 logits of `ids` (-inf for those not alive)."""
         if self.ids is None:

@@ -214,6 +214,37 @@ class PipelineResult:
         found, positions = locate(self.final.ids, np.array([token_id], dtype=np.int64))
         return float(self.final_probs[positions[0]]) if found[0] else 0.0
 
+    def probs_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Final probabilities of several ids at once (0.0 where removed)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        for token_id in ids[(ids < 0) | (ids >= self.n_vocab)][:1]:
+            self._check_id(int(token_id))
+        if self.final.ids is None:
+            dense: np.ndarray = self._dense_final[ids]
+            return dense
+        found, positions = locate(self.final.ids, ids)
+        return np.where(found, self.final_probs[positions], 0.0)
+
+    def removed_by_many(self, ids: Sequence[int] | np.ndarray) -> list[str | None]:
+        """`removed_by` for several ids, with one vectorised membership test per stage."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.uniform_fallback:
+            return [self.removed_by(int(token_id)) for token_id in ids]
+        answers: list[str | None] = [None] * ids.shape[0]
+        pending = ~self.final.contains_many(ids)
+        raw_dead = ~(self._raw[ids] > -np.inf)
+        for index in np.flatnonzero(pending & raw_dead):
+            answers[index] = REMOVED_BY_INPUT
+        pending &= ~raw_dead
+        for report in self.stages:
+            if not pending.any():
+                break
+            gone = pending & ~report._after.contains_many(ids)
+            for index in np.flatnonzero(gone):
+                answers[index] = report.name
+            pending &= ~gone
+        return answers
+
     def removed_by(self, token_id: int) -> str | None:
         """First stage that removed `token_id`: None if it survived, "input" if raw -inf/NaN."""
         token_id = self._check_id(token_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,10 @@ from textual.app import App
 from tokenlab.engine import Engine
 from tokenlab.lab.controller import LabController, LabSettings
 from tokenlab.tui.screens.lab import LabScreen
+
+
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while another waits for it (Python's default is 0.005)."""
 
 
 class TokenLabApp(App[None]):
@@ -24,7 +29,14 @@ class TokenLabApp(App[None]):
         self.controller = LabController(engine, settings or LabSettings())
 
     def on_mount(self) -> None:
+        # The controller thread needs the GIL back after every llama.cpp call; with the default 5 ms
+        # switch interval a long screen render would stall generation for that long each time.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.push_screen(LabScreen(self.controller))
+
+    def on_unmount(self) -> None:
+        sys.setswitchinterval(self._switch_interval)
 
     @property
     def lab(self) -> LabScreen:

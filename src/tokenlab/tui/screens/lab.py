@@ -12,7 +12,7 @@ from collections import deque
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -118,6 +118,7 @@ class LabScreen(Screen[None]):
         self.hot: tuple[int, str] | None = None
         self.history: deque[RunRecord] = deque(maxlen=HISTORY_SIZE)
         self.viewing: RunRecord | None = None
+        self._legend_mode = ""
 
     # -- layout ------------------------------------------------------------------------------------
 
@@ -125,8 +126,7 @@ class LabScreen(Screen[None]):
         yield PromptBar(id="prompt-bar")
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                with VerticalScroll(id="tokens-scroll"):
-                    yield TokenView(id="tokens")
+                yield TokenView(id="tokens")
                 yield Static(id="legend")
                 yield DistributionStrip(id="strip")
             with Vertical(id="right"):
@@ -249,8 +249,12 @@ class LabScreen(Screen[None]):
         steps = self.shown_steps()
         cursor = self.effective_cursor()
         token_view = self.query_one(TokenView)
-        token_view.show(steps, cursor, frontier=self.frontier is not None and self.viewing is None)
-        self.query_one("#legend", Static).update(mode_legend(token_view.colour_mode))
+        following = self.cursor is None and (self.running or self.viewing is not None)
+        token_view.show(steps, None if following else cursor,
+                        frontier=self.frontier is not None and self.viewing is None)
+        if self._legend_mode != token_view.colour_mode:
+            self._legend_mode = token_view.colour_mode
+            self.query_one("#legend", Static).update(mode_legend(token_view.colour_mode), layout=False)
         candidates, chosen, title = self.inspected()
         table = self.query_one(CandidatesTable)
         rows = table.rows_for(candidates, chosen, self.candidate_limit, self.hot[0] if self.hot else None)
@@ -276,7 +280,7 @@ class LabScreen(Screen[None]):
             loop=self.loop, viewing=f"run #{self.viewing.run_id}" if self.viewing else None,
         )
         if self.cursor is None:
-            self.query_one("#tokens-scroll", VerticalScroll).scroll_end(animate=False)
+            token_view.follow()
 
     # -- actions: running ------------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
@@ -31,6 +30,12 @@ class Panel(Static):
     """A Static that skips re-rendering when what it shows has not changed (rendering is the UI's main cost)."""
 
     _shown: object = None
+    LAYOUT_ON_UPDATE = False
+    """Whether new content can change the panel's size (a relayout re-renders the whole screen)."""
+
+    def show_content(self, content: object) -> None:
+        """Replace what the panel shows, without a screen relayout unless its size can change."""
+        self.update(content, layout=self.LAYOUT_ON_UPDATE)  # type: ignore[arg-type]
 
     def unchanged(self, key: object) -> bool:
         """True when `key` equals what is on screen already; otherwise remember it."""
@@ -57,30 +62,27 @@ class CandidatesTable(Panel):
         if self.unchanged((tuple(candidates), chosen, selected, limit, title, hot)):
             return
         rows = self.rows_for(candidates, chosen, limit, hot)
-        table = Table(box=None, padding=(0, 1, 0, 0), expand=True, show_edge=False, title=title,
-                      title_justify="left", title_style="bold")
-        table.add_column("#", justify="right", width=3)
-        table.add_column("token", no_wrap=True, min_width=8, max_width=TOKEN_WIDTH)
-        table.add_column("raw", justify="right", width=6)
-        table.add_column("final", justify="right", width=6)
-        table.add_column("", no_wrap=True, width=6)
+        # plain aligned Text, not a rich Table: this re-renders with every batch of tokens
+        text = Text(title + "\n", style="bold")
+        text.append(f"{'#':>3} {'token':<{TOKEN_WIDTH}} {'raw':>6} {'final':>6}\n", style="dim")
         for row_index, candidate in enumerate(rows):
             removed = candidate.removed_by is not None
             marker = "▶" if candidate.id == chosen else ("✦" if candidate.id == hot else " ")
             rank = next((i + 1 for i, c in enumerate(candidates) if c.id == candidate.id), 0)
-            bar = "█" * round(candidate.final_prob * 6) if not removed else candidate.removed_by[:6]
             style = "dim" if removed else ("bold" if candidate.id == chosen else "")
             if row_index == selected:
                 style += " reverse"
-            table.add_row(
-                f"{marker}{rank}",
-                short_token(candidate.text),
-                f"{candidate.prob:.3f}",
-                "—" if removed else f"{candidate.final_prob:.3f}",
-                Text(bar, style="dim" if removed else heat_color(prob_heat(candidate.final_prob))),
-                style=style.strip(),
-            )
-        self.update(table)
+            final = "     —" if removed else f"{candidate.final_prob:6.3f}"
+            line = Text(f"{marker}{rank:>2} {short_token(candidate.text):<{TOKEN_WIDTH}} "
+                        f"{candidate.prob:6.3f} {final} ", style=style.strip())
+            if removed:
+                line.append(candidate.removed_by or "", style="dim")
+            else:
+                line.append("█" * round(candidate.final_prob * 8),
+                            style=heat_color(prob_heat(candidate.final_prob)))
+            text.append_text(line)
+            text.append("\n")
+        self.show_content(text)
 
     def rows_for(self, candidates: Sequence[Candidate], chosen: int | None, limit: int, hot: int | None) -> list[Candidate]:
         """The candidates in the order show() lists them (for choosing the selected row)."""
@@ -93,6 +95,8 @@ class CandidatesTable(Panel):
 
 class KnobPanel(Panel):
     """Every knob of the pipeline with its value; the selected one marked, switched-off stages dimmed."""
+
+    LAYOUT_ON_UPDATE = True
 
     def show(self, params: SamplerParams, selected: int, *, hot_text: str | None, hot_bias: float, seed: int,
              max_tokens: int) -> None:
@@ -117,7 +121,7 @@ class KnobPanel(Panel):
         if selected == len(KNOBS):
             line.stylize("bold reverse")
         text.append_text(line)
-        self.update(text)
+        self.show_content(text)
 
 
 class DistributionStrip(Panel):
@@ -151,7 +155,7 @@ class DistributionStrip(Panel):
         text.append("\nfinal ", style="dim")
         text.append(sparkline(final), style="#2f9e44")
         text.append(f"\nH {entropy:.2f} → {final_entropy:.2f} bits · {note}", style="dim")
-        self.update(text)
+        self.show_content(text)
 
 
 def _resample(curve: np.ndarray, points: int) -> np.ndarray:
@@ -174,7 +178,7 @@ class PromptBar(Panel):
         text.append(" prompt ", style="bold reverse")
         text.append(" " + visible(prompt)[:200] + " ")
         text.append(f" {model} · {mode} ", style="dim")
-        self.update(text)
+        self.show_content(text)
 
 
 class StatusLine(Panel):
@@ -196,4 +200,4 @@ class StatusLine(Panel):
             text.append(f" · stop: {stop_reason}")
         if loop:
             text.append(" · loop", style="bold cyan")
-        self.update(text)
+        self.show_content(text)

@@ -1,33 +1,42 @@
-"""The token view: generated text, each token's background coloured by how likely it was."""
+"""The token view: generated text, each token's background coloured by how likely it was.
+
+Rendering is the UI's main cost while generating, so the view lays tokens out into lines itself (the
+Line API) and, as tokens arrive, re-lays only the last line: the cost of a refresh does not grow with
+the length of the text.
+"""
 
 from __future__ import annotations
 
-from rich.text import Text
+from rich.segment import Segment
+from rich.style import Style
+from textual.geometry import Size
 from textual.reactive import reactive
-from textual.widgets import Static
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 from tokenlab.lab.step import Step
 from tokenlab.render import COLOUR_MODES, step_colour
 
 NEWLINE_MARK = "↵"
+FRONTIER_MARK = "▍"
+VIRTUAL_HEADROOM = 16
+"""Blank lines of scroll room kept below the text, so the virtual size changes every 16 lines only."""
 
 
 def token_label(step: Step) -> str:
-    """What a token shows: its text, with newlines marked and end-of-generation named."""
+    """What a token shows: its text, newlines marked, end-of-generation named, held bytes as an ellipsis."""
     if step.eog:
         return f"⟨{step.piece}⟩"
-    shown = step.text
-    if not shown:
+    if not step.text:
         return "…" if step.piece else ""  # bytes held for an incomplete character
-    return shown.replace("\n", f"{NEWLINE_MARK}\n")
+    return step.text.replace("\n", NEWLINE_MARK + "\n")
 
 
-class TokenView(Static, can_focus=True):
+class TokenView(ScrollView, can_focus=True):
     """Heat-coloured tokens with a cursor on the inspected step."""
 
     DEFAULT_CSS = """
     TokenView {
-        height: auto;
         padding: 0 1;
     }
     """
@@ -36,48 +45,147 @@ class TokenView(Static, can_focus=True):
     """How tokens are coloured: raw, final, rank or entropy."""
 
     def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - Textual's own name
-        super().__init__("", id=id)
+        super().__init__(id=id)
         self._steps: list[Step] = []
-        self._prompt = ""
         self._cursor: int | None = None
         self._frontier = False
+        self._lines: list[list[Segment]] = [[]]
+        self._start_line: list[int] = []
+        """Line on which each laid-out step's text begins (where an incremental layout restarts)."""
+        self._end_line: list[int] = []
+        """Line of each laid-out step's last piece of text."""
+        self._laid_out = 0
+        self._last_step: Step | None = None
+        self._layout_key: tuple[object, ...] = ()
+        self._styles: dict[tuple[str, bool, bool, bool], Style] = {}
+        self._strips: dict[tuple[int, int], tuple[list[Segment], Strip]] = {}
+        """Rendered lines, reused while the line's segment list is the same object."""
 
     def validate_colour_mode(self, mode: str) -> str:
         return mode if mode in COLOUR_MODES else "raw"
 
     def watch_colour_mode(self) -> None:
-        self.refresh_text()
+        self._relayout(full=True)
 
-    def show(self, steps: list[Step], cursor: int | None, *, prompt: str = "", frontier: bool = False) -> None:
-        """Render these steps with the cursor on step `cursor` (len(steps) = the next, unsampled step)."""
+    def on_resize(self) -> None:
+        self._relayout(full=True)
+
+    def show(self, steps: list[Step], cursor: int | None, *, frontier: bool = False) -> None:
+        """Show these steps, the cursor on step `cursor` (len(steps) = the live frontier), None for no cursor."""
+        key = (cursor, frontier, self.colour_mode, self._content_width())
+        appended = (
+            key == self._layout_key
+            and self._laid_out <= len(steps)
+            and (self._laid_out == 0 or steps[self._laid_out - 1] is self._last_step)
+            and self._steps is steps
+        )
         self._steps = steps
         self._cursor = cursor
-        self._prompt = prompt
         self._frontier = frontier
-        self.refresh_text()
+        self._layout_key = key
+        self._relayout(full=not appended)
 
-    def build_text(self) -> Text:
-        """The rich Text of the tokens (alternate tokens slightly darker so neighbours stay apart)."""
-        text = Text(no_wrap=False)
-        if self._prompt:
-            text.append(self._prompt, style="dim italic")
-        for step in self._steps:
+    def plain_text(self) -> str:
+        """What the view shows, as plain text (for tests and the smoke script)."""
+        return "\n".join("".join(segment.text for segment in line) for line in self._lines)
+
+    # -- layout ----------------------------------------------------------------------------------------
+
+    def _content_width(self) -> int:
+        return max(8, self.scrollable_content_region.width or self.size.width or 40)
+
+    def _style(self, colour: str, dim: bool, underline: bool, cursor: bool) -> Style:
+        key = (colour, dim, underline, cursor)
+        style = self._styles.get(key)
+        if style is None:
+            if cursor:
+                style = Style(color="black", bgcolor="white", bold=True, underline=True)
+            else:
+                style = Style(color="black", bgcolor=colour, dim=dim, underline=underline)
+            self._styles[key] = style
+        return style
+
+    def _relayout(self, *, full: bool) -> None:
+        """Lay tokens out into lines; incrementally (from the tokens on the last line) unless `full`."""
+        steps = self._steps
+        restart = 0
+        if not full and self._laid_out > 0:
+            # re-lay every token that has text on the line where the last laid-out token starts
+            restart = self._laid_out - 1
+            line = self._start_line[restart]
+            while restart > 0 and (self._start_line[restart - 1] >= line or self._end_line[restart - 1] >= line):
+                restart -= 1
+                line = min(line, self._start_line[restart])
+            del self._lines[line:]
+            del self._start_line[restart:]
+            del self._end_line[restart:]
+            self._lines.append([])
+        else:
+            self._strips.clear()
+            self._lines = [[]]
+            self._start_line = []
+            self._end_line = []
+        width = self._content_width()
+        used = 0
+        mode = self.colour_mode
+        for index in range(restart, len(steps)):
+            step = steps[index]
             label = token_label(step)
-            if not label:
-                continue
-            colour = step_colour(step, self.colour_mode)
-            style = f"black on {colour}"
-            if step.index % 2:
-                style += " dim"
-            if step.forced:
-                style += " underline"
-            if step.index == self._cursor:
-                style = f"bold underline black on white"
-            text.append(label, style=style)
-        if self._cursor == len(self._steps) and self._frontier:
-            text.append(" ▍", style="bold reverse")
-        return text
+            first_line: int | None = None
+            style = self._style(step_colour(step, mode), bool(index % 2), step.forced, index == self._cursor)
+            for number, piece in enumerate(label.split("\n") if label else ()):
+                if number:  # a newline inside the token
+                    self._lines.append([])
+                    used = 0
+                while piece:
+                    room = width - used
+                    if len(piece) > room and used > 0 and len(piece) <= width:
+                        self._lines.append([])  # wrap before the token rather than split it
+                        used, room = 0, width
+                    chunk, piece = piece[:room], piece[room:]
+                    self._lines[-1].append(Segment(chunk, style))
+                    used += len(chunk)
+                    if first_line is None:
+                        first_line = len(self._lines) - 1
+                    if piece:
+                        self._lines.append([])
+                        used = 0
+            current = len(self._lines) - 1
+            self._start_line.append(current if first_line is None else first_line)
+            self._end_line.append(current if first_line is None else self._last_text_line(first_line))
+        if self._frontier and self._cursor == len(steps):
+            self._lines[-1].append(Segment(" " + FRONTIER_MARK, Style(bold=True, reverse=True)))
+        self._laid_out = len(steps)
+        self._last_step = steps[-1] if steps else None
+        # Growing the virtual size relayouts the whole screen, so grow it in steps, not line by line.
+        lines = len(self._lines)
+        height = self.virtual_size.height
+        if lines > height or lines + 2 * VIRTUAL_HEADROOM < height or self.virtual_size.width != width:
+            self.virtual_size = Size(width, lines + VIRTUAL_HEADROOM)
+        self.refresh()
 
-    def refresh_text(self) -> None:
-        """Re-render after steps, cursor or colour mode changed."""
-        self.update(self.build_text())
+    def follow(self) -> None:
+        """Scroll so the newest line is the last one visible."""
+        visible = self.scrollable_content_region.height or 1
+        self.scroll_to(y=max(0, len(self._lines) - visible), animate=False, immediate=True)
+
+    def _last_text_line(self, first_line: int) -> int:
+        """The last line at or after `first_line` that holds any text (a trailing newline adds an empty one)."""
+        line = len(self._lines) - 1
+        while line > first_line and not self._lines[line]:
+            line -= 1
+        return line
+
+    def render_line(self, y: int) -> Strip:
+        _, scroll_y = self.scroll_offset
+        line_index = y + scroll_y
+        width = self.scrollable_content_region.width
+        if line_index >= len(self._lines):
+            return Strip.blank(width, self.rich_style)
+        key = (line_index, width)
+        cached = self._strips.get(key)
+        if cached is not None and cached[0] is self._lines[line_index]:
+            return cached[1]
+        strip = Strip(self._lines[line_index]).extend_cell_length(width, self.rich_style).crop(0, width)
+        self._strips[key] = (self._lines[line_index], strip)
+        return strip
