@@ -195,7 +195,8 @@ class StatusLine(Panel):
         text.append(f" ● {state} ", style=f"bold {colour}")
         if viewing:
             text.append(f"[viewing {viewing}] ", style="bold magenta")
-        text.append(f"{model} · {tokens}/{max_tokens} tokens · {tokens_per_second:.1f} tok/s · seed {seed}")
+        short_model = model if len(model) <= 22 else model[:21] + "…"
+        text.append(f"{short_model} · {tokens}/{max_tokens} tok · {tokens_per_second:.1f} tok/s · seed {seed}")
         if stop_reason:
             text.append(f" · stop: {stop_reason}")
         if loop:
