@@ -54,7 +54,7 @@ async def test_opens_paused_at_the_live_frontier(finished_engine) -> None:
 
 async def test_step_pause_and_resume(finished_engine) -> None:
     engine, apps = finished_engine
-    app = make_app(engine, max_tokens=150)
+    app = make_app(engine, max_tokens=500)
     apps.append(app)
     async with app.run_test(size=SIZE) as pilot:
         lab = app.lab
@@ -72,12 +72,12 @@ async def test_step_pause_and_resume(finished_engine) -> None:
         await wait_for(pilot, lambda: not lab.running and lab.frontier is not None)
         paused_at = len(lab.steps)
         await pilot.pause(0.2)
-        assert len(lab.steps) == paused_at < 150  # nothing is generated while paused
+        assert len(lab.steps) == paused_at < 500  # nothing is generated while paused
 
         await pilot.press("space")
         await wait_for(pilot, lambda: lab.stop_reason == "max_tokens")
-        assert len(lab.steps) == 150
-        assert [s.index for s in lab.steps] == list(range(150))
+        assert len(lab.steps) == 500
+        assert [s.index for s in lab.steps] == list(range(500))
 
 
 async def test_cursor_inspects_past_steps(finished_engine) -> None:
@@ -255,3 +255,25 @@ async def test_quitting_while_generating_is_prompt(finished_engine) -> None:
         await pilot.press("q")
     assert app.controller.stopped.wait(1.0)
     assert time.monotonic() - started < 1.0
+
+
+async def test_seed_key_and_a_bad_bias_token_are_reported_not_fatal(finished_engine) -> None:
+    engine, apps = finished_engine
+
+    def prepare(loaded: Engine) -> SamplerParams:
+        raise ValueError("--logit-bias 'a whole sentence': is 4 tokens for this model, not one")
+
+    app = make_app(engine, prepare=prepare)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        assert any("is 4 tokens" in str(n.message) for n in app._notifications)
+        await pilot.press("S")
+        await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+        app.screen.query_one(Input).value = "12345"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: lab.seed == 12345 and lab.frontier is not None)
+        assert app.controller.generation is not None and app.controller.generation.seed == 12345
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(lab.steps) == 1)

@@ -418,14 +418,18 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False) -> None:
         autostart=not paused,
     )
 
-    def load() -> Engine:
-        # runs on the controller thread, so the screen is up while the model loads
-        engine = Engine(path, engine_options)
+    def prepare(engine: Engine) -> Any:
         try:
-            settings.params = sampler_params(opts, engine)  # token names need the vocabulary
+            return sampler_params(opts, engine)  # token names in --logit-bias/--ban need the vocabulary
         except UserError as exc:
-            raise ValueError(str(exc)) from None
-        return engine
+            raise ValueError(f"{exc}; the lab runs without these biases") from None
+
+    settings.prepare = prepare
+
+    def load() -> Engine:
+        # runs on the controller thread: the screen is up while the model loads, and every decode of
+        # this process happens on that one thread
+        return Engine(path, engine_options)
 
     TokenLabApp(load, settings).run()
 

@@ -132,6 +132,9 @@ class LabSettings:
     max_tokens: int = 256
     top_n: int = 20
     autostart: bool = True
+    prepare: Callable[[Engine], SamplerParams] | None = None
+    """Called once the model is loaded to finish the params (token names need the vocabulary); a
+    ValueError it raises is reported and the lab goes on with `params`."""
 
 
 def log_ranks(n_vocab: int, points: int = CURVE_POINTS) -> np.ndarray:
@@ -200,6 +203,11 @@ class LabController:
         if self.engine is not None:
             self.emit(EngineReady(self.engine.name, self.engine.n_vocab, self.engine.n_ctx,
                                   self.engine.has_chat_template))
+            if self.settings.prepare is not None:
+                try:
+                    self.settings.params = self.settings.prepare(self.engine)
+                except ValueError as exc:
+                    self.emit(LabFailed(str(exc)))
             self._new_run(self.settings.seed, start=self.settings.autostart)
         while not self._quit and not should_stop():
             try:
