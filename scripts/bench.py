@@ -82,7 +82,8 @@ def bench_generate(model: str | None, tokens: int, reps: int, threads: int | Non
     engine.close()
 
 
-def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int | None) -> float:
+def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int | None,
+              measure_keys: bool = False) -> float:
     """One run in this (child) process: `plain` generation loop or the lab `tui`; returns wall tok/s."""
     import asyncio
 
@@ -103,6 +104,8 @@ def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int
             pass
         return generation.wall_tokens_per_second
 
+    latencies: list[float] = []
+
     async def run_tui() -> float:
         # like `tokenlab lab`: the model loads and decodes on the controller thread only
         path = resolve_model(model)
@@ -119,17 +122,31 @@ def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int
                 await asyncio.sleep(0.05)
             app.controller.send("set_params", SamplerParams(ban=(engines[0].eos_id,)))
             await pilot.press("space")  # generate, as a user would
+            await pilot.press("t")  # select the temperature knob
+            presses = 0
             while True:
                 generation = app.controller.generation
                 if generation is not None and generation.done and app.lab.stop_reason is not None:
                     break
                 await asyncio.sleep(0.05)  # not pilot.pause(): that forces extra screen work
+                if measure_keys and app.lab.running and presses < 12 and len(app.lab.steps) > 10 * (presses + 1):
+                    # key latency while generating: a knob key until the screen's state shows it
+                    before = app.lab.params.temperature
+                    started = time.perf_counter()
+                    await pilot.press("plus" if presses % 2 == 0 else "minus")
+                    while app.lab.params.temperature == before:
+                        await asyncio.sleep(0.001)
+                    latencies.append(time.perf_counter() - started)
+                    presses += 1
             shown = len(app.lab.steps)
         if shown != tokens:
             raise SystemExit(f"the screen shows {shown} of {tokens} tokens")
         return generation.wall_tokens_per_second
 
-    return asyncio.run(run_tui())
+    rate = asyncio.run(run_tui())
+    if measure_keys:
+        print("keys", " ".join(f"{latency:.5f}" for latency in latencies))
+    return rate
 
 
 def bench_tui(model: str | None, tokens: int, reps: int, threads: int | None) -> None:
@@ -141,25 +158,38 @@ def bench_tui(model: str | None, tokens: int, reps: int, threads: int | None) ->
     import subprocess
     import sys
 
-    def run(case: str, seed: int) -> float:
+    latencies: list[float] = []
+
+    def run(case: str, seed: int, keys: bool = False) -> float:
         command = [sys.executable, __file__, "--child", case, "--tokens", str(tokens), "--seed", str(seed)]
         if model:
             command += ["--model", model]
         if threads:
             command += ["--threads", str(threads)]
+        if keys:
+            command += ["--keys"]
         out = subprocess.run(command, capture_output=True, text=True, check=True)
-        return float(out.stdout.strip().splitlines()[-1])
+        lines = out.stdout.strip().splitlines()
+        for line in lines:
+            if line.startswith("keys"):
+                latencies.extend(float(value) for value in line.split()[1:])
+        return float(lines[-1])
 
     run("plain", 0), run("tui", 0)
     plain_rates, tui_rates = [], []
     for rep in range(reps):
         plain_rates.append(run("plain", rep + 1))
         tui_rates.append(run("tui", rep + 1))
+    keyed_rate = run("tui", 99, keys=True)
     plain, tui = statistics.median(plain_rates), statistics.median(tui_rates)
     print(f"\n== lab TUI: {tokens} tokens per run, {reps} interleaved reps, one process each (median, wall clock)")
     print(f"  generation loop, no UI          {plain:8.1f} tok/s   {fmt(plain_rates)}")
     print(f"  lab TUI (headless run_test)     {tui:8.1f} tok/s   {fmt(tui_rates)}")
     print(f"  ratio TUI / no UI               {tui / plain:8.3f}   (target >= 0.9)")
+    if latencies:
+        print(f"  key latency while generating    median {statistics.median(latencies) * 1e3:.1f} ms, "
+              f"max {max(latencies) * 1e3:.1f} ms over {len(latencies)} knob keys (target < 50 ms; "
+              f"that run {keyed_rate:.1f} tok/s)")
 
 
 def fmt(values: list[float]) -> str:
@@ -222,9 +252,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["generate", "pipeline", "tui"], default=None, help="run one benchmark")
     parser.add_argument("--child", choices=["plain", "tui"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--keys", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(tui_child(args.child, args.model, args.tokens, args.seed, args.threads))
+        print(tui_child(args.child, args.model, args.tokens, args.seed, args.threads, args.keys))
         return
     if args.only in (None, "pipeline"):
         bench_pipeline(args.vocab, args.iterations)

@@ -120,6 +120,8 @@ def test_prompt_from_stdin(model_path: Path) -> None:
         (["inspect", "hi", "--logit-bias", " Paris=lots"], ["not a number"]),
         (["inspect", "hi", "--ban", "#999999"], ["outside the vocabulary"]),
         (["inspect", "hi", "--ban", "a whole sentence of tokens"], ["tokens", "#ID"]),
+        (["lab", "   "], ["prompt is empty"]),
+        (["lab", "hi", "--min-p", "2"], ["min_p", "2"]),
     ],
 )
 def test_bad_input_is_one_clear_line(model_path: Path, args: list[str], fragments: list[str]) -> None:

@@ -6,7 +6,7 @@ import time
 import pytest
 from textual.widgets import Input, TextArea
 
-from tokenlab.engine import Engine, EngineError
+from tokenlab.engine import Engine, EngineError, EngineOptions
 from tokenlab.lab.controller import LabSettings
 from tokenlab.sampling import SamplerParams
 from tokenlab.tui.app import TokenLabApp
@@ -277,3 +277,22 @@ async def test_seed_key_and_a_bad_bias_token_are_reported_not_fatal(finished_eng
         assert app.controller.generation is not None and app.controller.generation.seed == 12345
         await pilot.press("n")
         await wait_for(pilot, lambda: len(lab.steps) == 1)
+
+
+async def test_a_prompt_longer_than_the_context_is_reported_and_the_lab_recovers(model_path) -> None:
+    small = Engine(model_path, EngineOptions(n_ctx=48))
+    app = TokenLabApp(small, LabSettings(prompt="word " * 80, chat=False, seed=1, max_tokens=4, autostart=False))
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            lab = app.lab
+            await wait_for(pilot, lambda: any("context holds 48" in str(n.message) for n in app._notifications))
+            assert lab.steps == [] and lab.frontier is None
+            await pilot.press("e")
+            await wait_for(pilot, lambda: isinstance(app.screen, PromptEditor))
+            app.screen.query_one(TextArea).text = "The capital of France is"
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: lab.stop_reason == "max_tokens")
+            assert len(lab.steps) == 4
+        assert app.controller.stopped.wait(5)
+    finally:
+        small.close()

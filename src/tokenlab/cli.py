@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from tokenlab import __version__
+from tokenlab.sampling import SamplerParams
 
 EXIT_BAD_INPUT = 2
 
@@ -77,6 +78,9 @@ def user_errors() -> Iterator[None]:
 # -- shared options -------------------------------------------------------------------------------
 
 
+_SAMPLER_DEFAULTS = SamplerParams()
+
+
 @dataclass
 class RunOptions:
     """The model, prompt-format and sampler flags shared by generate, inspect and the lab."""
@@ -85,16 +89,16 @@ class RunOptions:
     chat: bool | None = None
     seed: int | None = None
     max_tokens: int = 128
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    penalty_last_n: int = 64
-    min_keep: int = 1
+    temperature: float = _SAMPLER_DEFAULTS.temperature
+    top_k: int = _SAMPLER_DEFAULTS.top_k
+    top_p: float = _SAMPLER_DEFAULTS.top_p
+    min_p: float = _SAMPLER_DEFAULTS.min_p
+    typical_p: float = _SAMPLER_DEFAULTS.typical_p
+    repeat_penalty: float = _SAMPLER_DEFAULTS.repeat_penalty
+    frequency_penalty: float = _SAMPLER_DEFAULTS.frequency_penalty
+    presence_penalty: float = _SAMPLER_DEFAULTS.presence_penalty
+    penalty_last_n: int = _SAMPLER_DEFAULTS.penalty_last_n
+    min_keep: int = _SAMPLER_DEFAULTS.min_keep
     logit_bias: list[str] = field(default_factory=list)
     ban: list[str] = field(default_factory=list)
     samplers: str | None = None
@@ -272,6 +276,17 @@ def read_prompt(prompt: str) -> str:
     return prompt
 
 
+def prepare_run(prompt: str, opts: RunOptions, *, example: str) -> tuple[Any, list[int], Any]:
+    """Check the flags and the prompt, load the model: (engine, prompt token ids, sampler params)."""
+    prompt = read_prompt(prompt)
+    check_options(opts)
+    if not prompt.strip():
+        raise UserError(f"the prompt is empty; give some text, e.g. {example}")
+    engine = load_engine(opts)
+    params = sampler_params(opts, engine)
+    return engine, prompt_tokens(engine, prompt, opts), params
+
+
 # -- commands -------------------------------------------------------------------------------------
 
 
@@ -286,15 +301,10 @@ def generate(
     """Generate text from PROMPT with the sampler knobs, streaming it to stdout."""
     from tokenlab.lab import Generation
 
-    prompt = read_prompt(prompt)
-    check_options(opts)
-    if not prompt.strip():
-        raise UserError("the prompt is empty; give some text, e.g. tokenlab generate 'Once upon a time'")
-    engine = load_engine(opts)
-    params = sampler_params(opts, engine)
+    engine, tokens, params = prepare_run(prompt, opts, example="tokenlab generate 'Once upon a time'")
     seed = opts.seed if opts.seed is not None else secrets.randbits(32)
     generation = Generation(
-        engine, prompt_tokens(engine, prompt, opts), params,
+        engine, tokens, params,
         seed=seed, max_tokens=opts.max_tokens, top_n=opts.top_n,
         record=output_format is OutputFormat.jsonl,  # plain text needs no candidates or raw statistics
     )
@@ -343,13 +353,8 @@ def inspect_command(
     from tokenlab.lab import Generation
     from tokenlab.render import candidates_table
 
-    prompt = read_prompt(prompt)
-    check_options(opts)
-    if not prompt.strip():
-        raise UserError("the prompt is empty; give some text, e.g. tokenlab inspect 'The capital of France is'")
-    engine = load_engine(opts)
-    params = sampler_params(opts, engine)
-    generation = Generation(engine, prompt_tokens(engine, prompt, opts), params, seed=0, top_n=opts.top_n)
+    engine, tokens, params = prepare_run(prompt, opts, example="tokenlab inspect 'The capital of France is'")
+    generation = Generation(engine, tokens, params, seed=0, top_n=opts.top_n)
     frontier = generation.frontier()
     candidates = frontier.candidates(engine.token_text, opts.top_n)
     result = frontier.result

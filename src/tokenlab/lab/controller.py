@@ -208,7 +208,7 @@ class LabController:
                     self.settings.params = self.settings.prepare(self.engine)
                 except ValueError as exc:
                     self.emit(LabFailed(str(exc)))
-            self._new_run(self.settings.seed, start=self.settings.autostart)
+            self._apply("start", ())
         while not self._quit and not should_stop():
             try:
                 name, args = self._commands.get_nowait() if self.running else self._commands.get(timeout=0.05)
@@ -320,9 +320,13 @@ class LabController:
 
     # -- command handlers (controller thread) -----------------------------------------------------
 
+    def _cmd_start(self) -> None:
+        self._new_run(self.settings.seed, start=self.settings.autostart)
+
     def _cmd_play(self) -> None:
         generation = self.generation
         if generation is None:
+            self._new_run(self.settings.seed, start=True)
             return
         if generation.done:
             self._new_run(generation.seed + 1 if self.loop else generation.seed, start=True)
