@@ -87,6 +87,8 @@ def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int
     """One run in this (child) process: `plain` generation loop or the lab `tui`; returns wall tok/s."""
     import asyncio
 
+    from textual import events
+
     from tokenlab.engine import Engine, EngineOptions
     from tokenlab.engine.models import resolve_model
     from tokenlab.lab import Generation
@@ -122,7 +124,14 @@ def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int
                 await asyncio.sleep(0.05)
             app.controller.send("set_params", SamplerParams(ban=(engines[0].eos_id,)))
             await pilot.press("space")  # generate, as a user would
-            await pilot.press("t")  # select the temperature knob
+
+            def key(name: str, char: str) -> None:
+                # the way the terminal driver delivers a key (pilot.press would wait for the app to idle)
+                event = events.Key(name, char)
+                event.set_sender(app)
+                app._driver.send_message(event)  # type: ignore[union-attr]
+
+            key("t", "t")  # select the temperature knob
             presses = 0
             while True:
                 generation = app.controller.generation
@@ -133,7 +142,7 @@ def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int
                     # key latency while generating: a knob key until the screen's state shows it
                     before = app.lab.params.temperature
                     started = time.perf_counter()
-                    await pilot.press("plus" if presses % 2 == 0 else "minus")
+                    key(*(("plus", "+") if presses % 2 == 0 else ("minus", "-")))
                     while app.lab.params.temperature == before:
                         await asyncio.sleep(0.001)
                     latencies.append(time.perf_counter() - started)
