@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Annotated, Any, Optional
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from tokenlab import __version__
+from tokenlab.render import heat_legend
 from tokenlab.sampling import SamplerParams
 
 EXIT_BAD_INPUT = 2
@@ -381,6 +385,75 @@ def inspect_command(
         f"entropy: raw {frontier.raw.entropy_bits:.3f} bits · final {final_entropy:.3f} bits · "
         f"{result.final_ids.shape[0]:,} token{'s' if result.final_ids.shape[0] != 1 else ''} can be drawn"
     )
+
+
+class ScoreFormat(str, Enum):
+    """How score prints its result."""
+
+    text = "text"
+    jsonl = "jsonl"
+
+
+@app.command()
+def score(
+    file: Annotated[str, typer.Argument(help="Text file to score ('-' reads standard input).", show_default=False)],
+    *,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Catalogue name or path to a .gguf file. Default: smollm2-135m.")] = None,
+    output_format: Annotated[ScoreFormat, typer.Option("--format", "-f", help="text (heat-coloured, with a summary) or jsonl (one object per token, then a summary).")] = ScoreFormat.text,
+    top_n: Annotated[int, typer.Option("--top-n", help="Candidates the model expected, recorded per token.")] = 5,
+    ctx_size: Annotated[int, typer.Option("--ctx-size", "-c", help="Context window; longer texts slide across it.")] = 2048,
+    threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads. Default: all cores.")] = None,
+    gpu_layers: Annotated[int, typer.Option("--gpu-layers", "-ngl", help="Layers to offload to the GPU; -1 for all.")] = 0,
+) -> None:
+    """Score an existing text: the probability, rank and entropy the model gives each of its tokens."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tokenlab.lab.score import RANK_BUCKETS, score_text
+    from tokenlab.render import heat_color, prob_heat
+
+    with user_errors():
+        if top_n < 0:
+            raise UserError(f"--top-n must be >= 0, got {top_n}")
+        if file == "-":
+            text = sys.stdin.read()
+        else:
+            path = Path(file)
+            if not path.is_file():
+                raise UserError(f"file not found: {file}")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise UserError(f"{file} is not UTF-8 text") from None
+        if not text.strip():
+            raise UserError("the text is empty: nothing to score")
+        engine = load_engine(RunOptions(model=model, ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers))
+        with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
+                      TimeRemainingColumn(), console=err_console, transient=True,
+                      disable=not err_console.is_terminal) as progress:
+            task = progress.add_task("score", total=None)
+            result = score_text(engine, text, top_n=top_n,
+                                progress=lambda done, total: progress.update(task, completed=done, total=total))
+        if output_format is ScoreFormat.jsonl:
+            for token in result.tokens:
+                sys.stdout.write(json.dumps(token.to_json(), ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(result.summary(), ensure_ascii=False) + "\n")
+            return
+        console = Console(highlight=False)
+        coloured = Text()
+        for token in result.tokens:
+            style = "" if token.prob is None else f"black on {heat_color(prob_heat(token.prob))}"
+            coloured.append(token.text, style=style)
+        console.print(coloured)
+        console.print(heat_legend())
+        histogram = result.histogram()
+        scored = max(1, len(result.scored))
+        ranks = " · ".join(f"{label} {histogram[label]} ({100 * histogram[label] / scored:.0f}%)"
+                           for _, label in RANK_BUCKETS)
+        console.print(
+            f"{len(result.tokens)} tokens · mean log-prob {result.mean_logprob:.3f} nats · "
+            f"perplexity {result.perplexity:.2f} · {result.windows} window{'s' if result.windows != 1 else ''}"
+        )
+        console.print(f"ranks: {ranks}")
 
 
 DEFAULT_LAB_PROMPT = "Write a short story about a lighthouse keeper."

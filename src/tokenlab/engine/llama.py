@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,6 +227,50 @@ class Engine:
             raise EngineError(f"llama.cpp failed to decode: {exc}") from None
         self.decoded_tokens += len(suffix)
         self.decode_calls += 1
+
+    def evaluate_rows(
+        self,
+        tokens: Sequence[int],
+        first_row: int,
+        on_row: Callable[[int, np.ndarray], None],
+    ) -> None:
+        """Decode `tokens` and call `on_row(i, logits)` for every position i >= first_row.
+
+        One llama_decode per chunk of n_batch tokens computes the logits of every position in the chunk
+        (not one decode per token); `logits` is a float32 view valid only during the call. The cache
+        keeps the prefix it shares with `tokens` up to `first_row`; everything from there is decoded.
+        """
+        tokens = [int(t) for t in tokens]
+        if len(tokens) > self.n_ctx:
+            raise EngineError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}")
+        if not 0 <= first_row < len(tokens):
+            raise ValueError(f"first_row must be in [0, {len(tokens)}), got {first_row}")
+        shared = 0
+        limit = min(len(self.tokens), first_row)
+        while shared < limit and self.tokens[shared] == tokens[shared]:
+            shared += 1
+        if shared < first_row:
+            self._decode_from(shared, tokens[shared:first_row])  # context rows nobody asked for
+        llama = self._llama
+        batch_size = llama.n_batch
+        position = first_row
+        self.tokens = tokens[:first_row]
+        while position < len(tokens):
+            chunk = tokens[position:position + batch_size]
+            llama._ctx.kv_cache_seq_rm(-1, position, -1)
+            llama._batch.set_batch(batch=chunk, n_past=position, logits_all=True)
+            try:
+                llama._ctx.decode(llama._batch)
+            except RuntimeError as exc:
+                raise EngineError(f"llama.cpp failed to decode: {exc}") from None
+            llama.n_tokens = position + len(chunk)
+            self.tokens.extend(chunk)
+            self.decoded_tokens += len(chunk)
+            self.decode_calls += 1
+            for offset in range(len(chunk)):
+                pointer = self._lib.llama_get_logits_ith(llama.ctx, offset)
+                on_row(position + offset, np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)))
+            position += len(chunk)
 
     def last_logits(self) -> np.ndarray:
         """A float32 copy of the logits llama.cpp wrote for the last decoded position."""

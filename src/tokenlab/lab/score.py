@@ -1,0 +1,204 @@
+"""Score an existing text (GLTR-style): how likely the model found each of its tokens.
+
+The text is decoded in chunks with logits for every position (one llama_decode per chunk, not per
+token). A text longer than the context slides across it: each new window keeps the second half of the
+previous one as context, so every token after the first is predicted from at least half a context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tokenlab.engine import Engine, EngineError
+from tokenlab.sampling import raw_stats
+
+RANK_BUCKETS: tuple[tuple[int, str], ...] = ((10, "top-10"), (100, "top-100"), (1000, "top-1000"), (2**62, "rest"))
+"""GLTR's rank buckets: a token's rank falls in the first bucket whose limit it does not exceed."""
+
+
+def rank_bucket(rank: int) -> str:
+    """The GLTR bucket of a 1-based rank."""
+    return next(label for limit, label in RANK_BUCKETS if rank <= limit)
+
+
+@dataclass(frozen=True)
+class ScoredCandidate:
+    """A token the model expected at a position."""
+
+    id: int
+    text: str
+    prob: float
+
+
+@dataclass(frozen=True)
+class ScoredToken:
+    """One token of the scored text and what the model thought of it."""
+
+    index: int
+    id: int
+    text: str
+    """The text this token adds (UTF-8 held across split characters, as in generation)."""
+    piece: str
+    prob: float | None
+    """Probability the model gave this token, from the tokens before it; None for the very first token."""
+    logprob: float | None
+    rank: int | None
+    """1 = the model's most likely token."""
+    entropy: float | None
+    """Entropy of the model's distribution at this position, in bits."""
+    top: tuple[ScoredCandidate, ...]
+    """What the model expected here, most likely first."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The token as the JSON object `tokenlab score --format jsonl` prints."""
+        return {
+            "index": self.index,
+            "id": self.id,
+            "text": self.text,
+            "piece": self.piece,
+            "prob": self.prob,
+            "logprob": self.logprob,
+            "rank": self.rank,
+            "bucket": rank_bucket(self.rank) if self.rank is not None else None,
+            "entropy": self.entropy,
+            "top": [{"id": c.id, "text": c.text, "prob": c.prob} for c in self.top],
+        }
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Every token of a text with its probability, rank and entropy, and a summary."""
+
+    tokens: tuple[ScoredToken, ...]
+    model: str
+    windows: int
+    """How many context windows the text needed."""
+
+    @property
+    def scored(self) -> list[ScoredToken]:
+        """The tokens that have a prediction (all but the first when there is no BOS)."""
+        return [token for token in self.tokens if token.logprob is not None]
+
+    @property
+    def mean_logprob(self) -> float:
+        """Mean natural-log probability per scored token."""
+        scored = self.scored
+        return sum(t.logprob for t in scored) / len(scored) if scored else math.nan  # type: ignore[misc]
+
+    @property
+    def perplexity(self) -> float:
+        """exp(-mean log-probability)."""
+        return math.exp(-self.mean_logprob) if self.scored else math.nan
+
+    def histogram(self) -> dict[str, int]:
+        """How many scored tokens fall in each GLTR rank bucket."""
+        counts = {label: 0 for _, label in RANK_BUCKETS}
+        for token in self.scored:
+            counts[rank_bucket(token.rank or 1)] += 1
+        return counts
+
+    def summary(self) -> dict[str, Any]:
+        """The summary as plain JSON values."""
+        return {
+            "done": True,
+            "model": self.model,
+            "tokens": len(self.tokens),
+            "scored": len(self.scored),
+            "mean_logprob": self.mean_logprob,
+            "perplexity": self.perplexity,
+            "ranks": self.histogram(),
+            "windows": self.windows,
+        }
+
+
+def score_tokens(
+    engine: Engine,
+    token_ids: list[int],
+    *,
+    context: list[int] | None = None,
+    top_n: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScoreResult:
+    """Score `token_ids` (after the optional `context` ids, e.g. a BOS) in chunks, sliding if needed."""
+    from tokenlab.engine.text import Utf8Stream
+
+    if not token_ids:
+        raise EngineError("the text is empty: nothing to score")
+    if top_n < 0:
+        raise ValueError(f"top_n must be >= 0, got {top_n}")
+    context = list(context or [])
+    full = context + list(token_ids)
+    n_ctx = engine.n_ctx
+    predictions: dict[int, tuple[float, int, float, tuple[ScoredCandidate, ...]]] = {}
+
+    def on_row(position: int, logits: np.ndarray, offset: int) -> None:
+        target_index = offset + position + 1  # this row predicts the next token of `full`
+        if target_index >= len(full) or target_index < len(context) or target_index in predictions:
+            return
+        target = full[target_index]
+        stats = raw_stats(logits)
+        top_ids = stats.top_ids(top_n) if top_n else np.empty(0, dtype=np.int64)
+        top_probs = stats.probs(top_ids) if top_n else np.empty(0)
+        predictions[target_index] = (
+            stats.logprob(target),
+            stats.rank(target) + 1,
+            stats.entropy_bits,
+            tuple(ScoredCandidate(int(i), engine.token_text(int(i)), float(p)) for i, p in zip(top_ids, top_probs)),
+        )
+        if progress is not None:
+            progress(len(predictions), len(full) - max(1, len(context)))
+
+    # windows over `full`: each predicts the tokens after its first half (all of them for the first)
+    windows = 0
+    start = 0
+    while True:
+        window = full[start:start + n_ctx]
+        first_row = 0 if start == 0 else n_ctx // 2 - 1
+        if len(window) < 2:
+            break
+        windows += 1
+        engine.evaluate_rows(window, min(first_row, len(window) - 1),
+                             lambda position, logits, offset=start: on_row(position, logits, offset))
+        if start + n_ctx >= len(full):
+            break
+        start += n_ctx - n_ctx // 2
+
+    stream = Utf8Stream()
+    scored: list[ScoredToken] = []
+    for index, token_id in enumerate(token_ids):
+        prediction = predictions.get(len(context) + index)
+        piece = engine.piece(token_id)
+        text = stream.push(piece)
+        if prediction is None:
+            scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id), None, None, None, None, ()))
+        else:
+            logprob, rank, entropy, top = prediction
+            scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id), math.exp(logprob),
+                                      logprob, rank, entropy, top))
+    tail = stream.flush()
+    if tail and scored:
+        last = scored[-1]
+        scored[-1] = ScoredToken(last.index, last.id, last.text + tail, last.piece, last.prob, last.logprob,
+                                 last.rank, last.entropy, last.top)
+    return ScoreResult(tuple(scored), engine.name, windows)
+
+
+def score_text(
+    engine: Engine,
+    text: str,
+    *,
+    top_n: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScoreResult:
+    """Score a text as the model reads it raw (with its BOS when it uses one)."""
+    if not text.strip():
+        raise EngineError("the text is empty: nothing to score")
+    with_bos = engine.tokenize(text)
+    without_bos = engine.tokenize(text, add_bos=False)
+    context = with_bos[: len(with_bos) - len(without_bos)]
+    return score_tokens(engine, without_bos, context=context, top_n=top_n, progress=progress)
