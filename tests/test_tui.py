@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 import pytest
-from textual.widgets import Input, TextArea
+from textual.widgets import Input, OptionList, TextArea
 
 from tokenlab.engine import Engine, EngineError, EngineOptions
 from tokenlab.lab.controller import LabSettings
 from tokenlab.sampling import SamplerParams
 from tokenlab.tui.app import TokenLabApp
-from tokenlab.tui.screens.dialogs import HelpScreen, HistoryScreen, LineInput, PromptEditor
+from tokenlab.tui.screens.dialogs import HelpScreen, HistoryScreen, LineInput, PromptEditor, TreeScreen
 from tokenlab.tui.screens.lab import LabScreen
 from tokenlab.tui.widgets import CandidatesTable, TokenView
 from tui_helpers import wait_for
@@ -146,6 +146,12 @@ async def test_choosing_a_candidate_branches_and_continues(finished_engine) -> N
         # the prompt and step 0 stayed in the KV cache: step 0 is re-decoded for its logits, then only the
         # new suffix (the forced token and steps 2..7, the last one for the live frontier after the stop)
         assert engine.decoded_tokens - decoded == 1 + (8 - 1)
+        # nothing was thrown away: the old text is a branch of the tree, forking after step 0
+        tree = app.controller.tree
+        assert len(tree.branches()) == 2
+        fork = tree.find([original[0]])
+        assert fork is not None and set(fork.children) == {original[1], target.id}
+        assert tree.find(original) is not None
 
 
 async def test_loop_mode_keeps_a_history_of_runs(finished_engine) -> None:
@@ -296,3 +302,37 @@ async def test_a_prompt_longer_than_the_context_is_reported_and_the_lab_recovers
         assert app.controller.stopped.wait(5)
     finally:
         small.close()
+
+
+async def test_tree_keeps_every_run_and_switching_reuses_the_shared_prefix(finished_engine) -> None:
+    engine, apps = finished_engine
+    params = SamplerParams(top_k=2, temperature=1.5, ban=(engine.eos_id,))
+    app = make_app(engine, max_tokens=6, params=params)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("l")  # loop: run after run, each with the next seed
+        await wait_for(pilot, lambda: lab.branch_tree is not None and lab.branch_tree.runs >= 5)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: not lab.loop and not lab.running and lab.frontier is not None)
+        tree = app.controller.tree
+        assert tree.runs == lab.branch_tree.runs and len(tree.branches()) >= 2
+        assert sum(leaf.ends for leaf in tree.branches()) == tree.runs
+        current = tuple(step.id for step in lab.steps)
+        other = next(leaf for leaf in tree.branches() if tuple(s.id for s in leaf.path()) != current)
+        target = tuple(step.id for step in other.path())
+        shared = next((i for i, (a, b) in enumerate(zip(current, target)) if a != b), len(target))
+
+        await pilot.press("b")
+        await wait_for(pilot, lambda: isinstance(app.screen, TreeScreen))
+        rows = app.screen._rows
+        row = next(i for i, r in enumerate(rows) if target[: len(r.path)] == r.path and len(r.path) == len(target))
+        app.screen.query_one(OptionList).highlighted = row
+        decoded = engine.decoded_tokens
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: tuple(s.id for s in lab.steps) == target and lab.frontier is not None
+                       and lab.frontier.index == len(target))
+        # only the tokens after the shared prefix are decoded (the last one for the live frontier)
+        assert engine.decoded_tokens - decoded == len(target) - shared
+        assert lab.stop_reason == "max_tokens" and len(lab.history) >= 5

@@ -20,8 +20,11 @@ import numpy as np
 from tokenlab.engine import Engine, EngineError
 from tokenlab.lab.generation import Generation
 from tokenlab.lab.step import Candidate, Frontier, Step
+from tokenlab.lab.tree import GenerationTree, Segment, segments
 from tokenlab.sampling import SamplerParams
 
+TREE_CHILDREN = 8
+"""Children shown per fork in the tree view (the most run ones), so 64 rollouts stay readable."""
 CURVE_POINTS = 64
 """Points of the sorted-probability curve sent for the frontier step (log-spaced ranks)."""
 
@@ -74,6 +77,8 @@ class RunStopped(LabEvent):
     reason: str
     tokens: int
     tokens_per_second: float
+    replayed: bool = False
+    """True when a branch switched to from the tree had stopped (not a run that just finished)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,17 @@ class TokenResolved(LabEvent):
 
     token_id: int
     text: str
+
+
+@dataclass(frozen=True)
+class TreeChanged(LabEvent):
+    """The generation tree of the current prompt changed (a run ended, a branch was made)."""
+
+    segments: tuple[Segment, ...]
+    runs: int
+    branches: int
+    current: tuple[int, ...]
+    """Token ids of the branch on screen."""
 
 
 @dataclass(frozen=True)
@@ -163,11 +179,14 @@ class LabController:
         self.running = False
         self.loop = False
         self.hot_tokens: tuple[int, ...] = ()
+        self.tree = GenerationTree(self.settings.prompt)
         self._commands: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
         self._pending: list[Step] = []
         self._pending_start = 0
         self._last_emit = 0.0
         self._quit = False
+        self._counted = False
+        """Whether the current run is already counted in the tree."""
         self.stopped = threading.Event()
         """Set when serve() has returned (the engine is free again)."""
 
@@ -255,6 +274,7 @@ class LabController:
         if generation.done:
             self.emit(RunStopped(self.run_id, generation.stop_reason or "", len(generation.steps),
                                  generation.tokens_per_second))
+            self._record_branch(count=True)
             if self.loop:
                 self._new_run(generation.seed + 1, start=True)
             else:
@@ -269,10 +289,33 @@ class LabController:
             self._pending = []
         self._last_emit = time.perf_counter()
 
+    def _record_branch(self, *, count: bool) -> None:
+        """Put the current run's text into the tree (once counted, a run is not counted again)."""
+        generation = self.generation
+        if generation is None or not generation.steps:
+            return
+        if count and not self._counted:
+            self.tree.add(generation.steps, stop_reason=generation.stop_reason or "interrupted")
+            self._counted = True
+        else:
+            self.tree.add(generation.steps, count=False)
+        self._emit_tree()
+
+    def _emit_tree(self) -> None:
+        generation = self.generation
+        current = tuple(step.id for step in generation.steps) if generation is not None else ()
+        self.emit(TreeChanged(tuple(segments(self.tree, max_children=TREE_CHILDREN)), self.tree.runs,
+                              len(self.tree.branches()), current))
+
     def _new_run(self, seed: int, *, start: bool) -> None:
         assert self.engine is not None
         self._flush()
+        if self.generation is not None and not self._counted:
+            self._record_branch(count=True)  # a regenerated run keeps its text as a branch
         settings = self.settings
+        if self.tree.prompt != settings.prompt:
+            self.tree = GenerationTree(settings.prompt)
+            self._emit_tree()
         if not settings.prompt.strip():
             self.running = False
             self.emit(StateChanged(self.running, self.loop))
@@ -282,6 +325,7 @@ class LabController:
         tokens = self.engine.format_prompt(settings.prompt, chat=chat)
         self.generation = Generation(self.engine, tokens, settings.params, seed=seed,
                                      max_tokens=settings.max_tokens, top_n=settings.top_n)
+        self._counted = False
         self.settings.seed = seed
         self.run_id += 1
         self.running = start
@@ -361,6 +405,7 @@ class LabController:
         if generation.done:
             self.emit(RunStopped(self.run_id, generation.stop_reason or "", len(generation.steps),
                                  generation.tokens_per_second))
+            self._record_branch(count=True)
         self._emit_frontier()
 
     def _cmd_regenerate(self, seed: int | None = None) -> None:
@@ -380,11 +425,15 @@ class LabController:
         if generation is None:
             return
         self._flush()
+        if len(generation.steps) > index:
+            self._record_branch(count=generation.done)  # the old text stays in the tree as a branch
         step = generation.choose(index, token_id)
+        self._counted = False
         self.emit(StepsAdded(self.run_id, index, (step,), generation.tokens_per_second))
         if generation.done:
             self.emit(RunStopped(self.run_id, generation.stop_reason or "", len(generation.steps),
                                  generation.tokens_per_second))
+            self._record_branch(count=True)
         if not self.running:
             self._emit_frontier()
 
@@ -422,6 +471,26 @@ class LabController:
         self.hot_tokens = tuple(token_ids)
         if not self.running:
             self._emit_frontier()
+
+    def _cmd_switch_branch(self, path: tuple[int, ...]) -> None:
+        """Show the newest branch through `path`; the KV cache keeps the prefix it shares with the last one."""
+        generation = self.generation
+        node = self.tree.find(path)
+        if generation is None or node is None:
+            raise ValueError("that branch is not in the tree any more")
+        self._flush()
+        if generation.steps and not self._counted:
+            self._record_branch(count=False)
+        leaf = node.deepest_leaf()
+        self.running = False
+        generation.load(leaf.path(), stop_reason=leaf.stop_reason if leaf.ends else None)
+        self._counted = leaf.ends > 0
+        self.emit(StateChanged(self.running, self.loop))
+        self.emit(StepsAdded(self.run_id, 0, tuple(generation.steps), generation.tokens_per_second))
+        if generation.stop_reason:
+            self.emit(RunStopped(self.run_id, generation.stop_reason, len(generation.steps), 0.0, replayed=True))
+        self._emit_tree()
+        self._emit_frontier()
 
     def _cmd_frontier(self) -> None:
         self._emit_frontier()

@@ -177,6 +177,18 @@ class Generation:
         for step in self.steps:
             self._utf8.push(self.engine.piece(step.id))
 
+    def load(self, steps: Sequence[Step], stop_reason: str | None = None) -> None:
+        """Show another branch: these steps become the run (the KV cache catches up lazily, reusing the prefix)."""
+        if any(step.index != position for position, step in enumerate(steps)):
+            raise ValueError("a branch's steps must be numbered 0, 1, 2, ... in order")
+        self.steps = list(steps)
+        self.stop_reason = stop_reason
+        self.finished_at = None
+        self._frontier = None
+        self._utf8 = Utf8Stream()
+        for step in self.steps:
+            self._utf8.push(self.engine.piece(step.id))
+
     def choose(self, index: int, token_id: int) -> Step:
         """Replace the token at step `index` with `token_id`; the text after it is dropped."""
         self.rewind(index)

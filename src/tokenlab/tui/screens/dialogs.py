@@ -14,7 +14,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
+from tokenlab.engine.text import visible
 from tokenlab.lab.step import Step
+from tokenlab.lab.tree import Segment
 from tokenlab.sampling import SamplerParams
 
 
@@ -170,6 +172,96 @@ class HistoryScreen(ModalScreen[int | None]):
     @on(OptionList.OptionSelected)
     def selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(int(event.option.id or 0))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class TreeScreen(ModalScreen[tuple[int, ...] | None]):
+    """The generation tree: one row per branch segment, nested at forks; enter shows that branch."""
+
+    BINDINGS = [
+        Binding("escape,b", "cancel", "Close", tooltip="Back to the lab"),
+        Binding("left", "parent", "Parent", tooltip="Go to the segment this one forked from"),
+        Binding("right", "child", "Child", tooltip="Go to the first branch below this one"),
+        Binding("left_square_bracket", "sibling(-1)", "Prev sibling", tooltip="The previous branch at this fork"),
+        Binding("right_square_bracket", "sibling(1)", "Next sibling", tooltip="The next branch at this fork"),
+    ]
+
+    def __init__(self, rows: tuple[Segment, ...], runs: int, current: tuple[int, ...]) -> None:
+        super().__init__()
+        self._rows = rows
+        self._runs = runs
+        self._current = current
+
+    def compose(self) -> ComposeResult:
+        options = []
+        for index, row in enumerate(self._rows):
+            line = Text("  " * row.depth + ("└ " if row.depth else ""))
+            on_path = self._current[: len(row.path)] == row.path or row.path[: len(self._current)] == self._current
+            line.append(f"'{visible(row.token)}'", style="bold" if on_path else "")
+            line.append(f" p {row.prob:.3f}", style="dim")
+            line.append(f" ×{row.count}", style="cyan")
+            preview = visible(row.text)
+            line.append("  " + (preview[:70] + "…" if len(preview) > 70 else preview))
+            if row.ends and row.stop_reason:
+                line.append(f"  ⏹ {row.stop_reason}", style="dim")
+            if row.children:
+                line.append(f"  ▾{row.children}", style="yellow")
+            options.append(Option(line, id=str(index)))
+        with Vertical(id="tree-box", classes="dialog"):
+            yield Label(f"[b]Generation tree[/b] — {self._runs} runs · enter shows a branch · ←/→ parent/child · "
+                        "[ ] siblings · escape closes")
+            yield OptionList(*options, id="tree-list")
+
+    def on_mount(self) -> None:
+        option_list = self.query_one(OptionList)
+        option_list.focus()
+        best = max(range(len(self._rows)), key=lambda i: self._match(i), default=0)
+        option_list.highlighted = best if self._rows else None
+
+    def _match(self, index: int) -> int:
+        path = self._rows[index].path
+        shared = 0
+        for a, b in zip(path, self._current):
+            if a != b:
+                break
+            shared += 1
+        return shared * 1000 - len(path)
+
+    def _highlighted(self) -> int:
+        return self.query_one(OptionList).highlighted or 0
+
+    def _move(self, index: int | None) -> None:
+        if index is not None:
+            self.query_one(OptionList).highlighted = index
+
+    def action_parent(self) -> None:
+        here = self._highlighted()
+        depth = self._rows[here].depth
+        self._move(next((i for i in range(here - 1, -1, -1) if self._rows[i].depth < depth), None))
+
+    def action_child(self) -> None:
+        here = self._highlighted()
+        if here + 1 < len(self._rows) and self._rows[here + 1].depth > self._rows[here].depth:
+            self._move(here + 1)
+
+    def action_sibling(self, delta: int) -> None:
+        here = self._highlighted()
+        depth = self._rows[here].depth
+        step = 1 if delta > 0 else -1
+        index = here + step
+        while 0 <= index < len(self._rows):
+            if self._rows[index].depth < depth:
+                return
+            if self._rows[index].depth == depth:
+                self._move(index)
+                return
+            index += step
+
+    @on(OptionList.OptionSelected)
+    def selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self._rows[int(event.option.id or 0)].path)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -27,13 +27,21 @@ from tokenlab.lab.controller import (
     StateChanged,
     StepsAdded,
     TokenResolved,
+    TreeChanged,
 )
 from tokenlab.lab.knobs import KNOBS, nudge, reset_knob, toggle_stage, with_bias
 from tokenlab.lab.step import Candidate, Step
 from tokenlab.render import COLOUR_MODES, mode_legend
 from tokenlab.sampling import SamplerParams
 from tokenlab.tui.messages import LabEventMessage
-from tokenlab.tui.screens.dialogs import HelpScreen, HistoryScreen, LineInput, PromptEditor, RunRecord
+from tokenlab.tui.screens.dialogs import (
+    HelpScreen,
+    HistoryScreen,
+    LineInput,
+    PromptEditor,
+    RunRecord,
+    TreeScreen,
+)
 from tokenlab.tui.widgets import CandidatesTable, DistributionStrip, KnobPanel, PromptBar, StatusLine, TokenView
 
 HISTORY_SIZE = 15
@@ -89,6 +97,7 @@ class LabScreen(Screen[None]):
         Binding("enter", "choose", "Choose", show=False, tooltip="Force the selected candidate at this step and go on from there"),
         Binding("x", "expand", "5/20", show=False, tooltip="Show 5 or 20 candidates"),
         Binding("v", "history", "History", show=False, tooltip="The last runs; pick one to view it"),
+        Binding("b", "tree", "Tree", tooltip="The tree of branches from this prompt; enter switches to one"),
         Binding("escape", "back_to_live", "Live", show=False, tooltip="Back from a history run to the live one"),
     ]
 
@@ -118,6 +127,7 @@ class LabScreen(Screen[None]):
         self.hot: tuple[int, str] | None = None
         self.history: deque[RunRecord] = deque(maxlen=HISTORY_SIZE)
         self.viewing: RunRecord | None = None
+        self.branch_tree: TreeChanged | None = None
         self._legend_mode = ""
 
     # -- layout ------------------------------------------------------------------------------------
@@ -191,8 +201,12 @@ class LabScreen(Screen[None]):
         elif isinstance(event, RunStopped):
             if event.run_id == self.run_id:
                 self.stop_reason = event.reason
-                self.tokens_per_second = event.tokens_per_second
-                self.history.append(RunRecord(event.run_id, self.seed, self.params, tuple(self.steps), event.reason))
+                if not event.replayed:
+                    self.tokens_per_second = event.tokens_per_second
+                    self.history.append(RunRecord(event.run_id, self.seed, self.params, tuple(self.steps),
+                                                  event.reason))
+        elif isinstance(event, TreeChanged):
+            self.branch_tree = event
         elif isinstance(event, StateChanged):
             self.running = event.running
             self.loop = event.loop
@@ -278,6 +292,7 @@ class LabScreen(Screen[None]):
             state=state, model=self.model_name, tokens=len(steps), max_tokens=self.max_tokens,
             tokens_per_second=self.tokens_per_second, stop_reason=self.stop_reason, seed=self.seed,
             loop=self.loop, viewing=f"run #{self.viewing.run_id}" if self.viewing else None,
+            branches=self.branch_tree.branches if self.branch_tree is not None else 0,
         )
         if self.cursor is None:
             token_view.follow()
@@ -372,6 +387,20 @@ class LabScreen(Screen[None]):
             self.refresh_view()
 
         self.app.push_screen(HistoryScreen(records), view)
+
+    def action_tree(self) -> None:
+        if self.branch_tree is None or not self.branch_tree.segments:
+            self.notify("the tree is empty: finish a run, regenerate (r) or choose a candidate (enter)")
+            return
+
+        def switch(path: tuple[int, ...] | None) -> None:
+            if path is not None:
+                self.viewing = None
+                self.cursor = None
+                self.stop_reason = None
+                self.controller.send("switch_branch", path)
+
+        self.app.push_screen(TreeScreen(self.branch_tree.segments, self.branch_tree.runs, self.branch_tree.current), switch)
 
     def action_back_to_live(self) -> None:
         if self.viewing is not None:

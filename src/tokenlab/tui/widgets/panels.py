@@ -185,10 +185,11 @@ class StatusLine(Panel):
     """Model, tokens, tokens/s, state, stop reason, seed."""
 
     def show(self, *, state: str, model: str, tokens: int, max_tokens: int, tokens_per_second: float,
-             stop_reason: str | None, seed: int, loop: bool, viewing: str | None = None) -> None:
+             stop_reason: str | None, seed: int, loop: bool, viewing: str | None = None,
+             branches: int = 0) -> None:
         """Render the status line."""
         if self.unchanged((state, model, tokens, max_tokens, round(tokens_per_second, 1), stop_reason, seed, loop,
-                           viewing)):
+                           viewing, branches)):
             return
         text = Text()
         colour = {"running": "green", "paused": "yellow"}.get(state, "red")
@@ -199,6 +200,8 @@ class StatusLine(Panel):
         text.append(f"{short_model} · {tokens}/{max_tokens} tok · {tokens_per_second:.1f} tok/s · seed {seed}")
         if stop_reason:
             text.append(f" · stop: {stop_reason}")
+        if branches > 1:
+            text.append(f" · {branches} branches")
         if loop:
             text.append(" · loop", style="bold cyan")
         self.show_content(text)
