@@ -336,3 +336,28 @@ async def test_tree_keeps_every_run_and_switching_reuses_the_shared_prefix(finis
         # only the tokens after the shared prefix are decoded (the last one for the live frontier)
         assert engine.decoded_tokens - decoded == len(target) - shared
         assert lab.stop_reason == "max_tokens" and len(lab.history) >= 5
+
+
+async def test_score_screen_colours_a_pasted_text(finished_engine) -> None:
+    from tokenlab.tui.screens.score import ScoreScreen
+
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("g")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptEditor))
+        app.screen.query_one(TextArea).text = "The capital of France is Paris."
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ScoreScreen))
+        screen = app.screen
+        assert "".join(step.text for step in screen.steps) == "The capital of France is Paris."
+        paris = next(step for step in screen.steps if step.text == " Paris")
+        assert paris.rank == 1 and paris.top[0].text == " Paris" and paris.prob > 0.5
+        assert screen.summary["perplexity"] > 1
+        await pilot.press("end")
+        assert screen.cursor == len(screen.steps) - 1
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, LabScreen))

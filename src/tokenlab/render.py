@@ -101,8 +101,14 @@ ENTROPY_SCALE_BITS = 8.0
 """Entropy at which the entropy colouring reaches full red."""
 
 
+UNSCORED_COLOUR = "#7f7f7f"
+"""Background of a token with no prediction (the first token of a scored text)."""
+
+
 def step_colour(step: Step, mode: str) -> str:
     """The background colour of a token in a colour mode."""
+    if math.isnan(step.prob):
+        return UNSCORED_COLOUR
     if mode == "final":
         return heat_color(prob_heat(step.final_prob))
     if mode == "rank":

@@ -128,6 +128,14 @@ class TreeChanged(LabEvent):
 
 
 @dataclass(frozen=True)
+class ScoreReady(LabEvent):
+    """A scored text (GLTR view), as step records so the token view and candidates table can show it."""
+
+    steps: tuple[Step, ...]
+    summary: dict[str, Any] = field(compare=False)
+
+
+@dataclass(frozen=True)
 class LabFailed(LabEvent):
     """A command failed; `message` is one line for the user. The lab keeps running."""
 
@@ -491,6 +499,16 @@ class LabController:
             self.emit(RunStopped(self.run_id, generation.stop_reason, len(generation.steps), 0.0, replayed=True))
         self._emit_tree()
         self._emit_frontier()
+
+    def _cmd_score(self, text: str) -> None:
+        """Score a text on this thread (all decoding of the process stays here), as step records."""
+        from tokenlab.lab.score import score_text, scored_steps
+
+        assert self.engine is not None
+        if self.running:
+            self._cmd_pause()
+        result = score_text(self.engine, text, top_n=self.settings.top_n)
+        self.emit(ScoreReady(scored_steps(result), result.summary()))
 
     def _cmd_frontier(self) -> None:
         self._emit_frontier()

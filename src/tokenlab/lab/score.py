@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from tokenlab.engine import Engine, EngineError
+from tokenlab.lab.step import Candidate, Step
 from tokenlab.sampling import raw_stats
 
 RANK_BUCKETS: tuple[tuple[int, str], ...] = ((10, "top-10"), (100, "top-100"), (1000, "top-1000"), (2**62, "rest"))
@@ -202,3 +203,16 @@ def score_text(
     without_bos = engine.tokenize(text, add_bos=False)
     context = with_bos[: len(with_bos) - len(without_bos)]
     return score_tokens(engine, without_bos, context=context, top_n=top_n, progress=progress)
+
+
+def scored_steps(result: ScoreResult) -> tuple[Step, ...]:
+    """The scored tokens as Step records (raw and final probability alike), for views made for steps."""
+    steps = []
+    for token in result.tokens:
+        prob = token.prob if token.prob is not None else math.nan
+        top = tuple(Candidate(c.id, c.text, math.nan, c.prob, c.prob, None) for c in token.top)
+        steps.append(Step(index=token.index, id=token.id, piece=token.piece, text=token.text, logit=math.nan,
+                          prob=prob, final_prob=prob, rank=token.rank or 0,
+                          entropy=token.entropy if token.entropy is not None else math.nan,
+                          final_entropy=token.entropy if token.entropy is not None else math.nan, top=top))
+    return tuple(steps)

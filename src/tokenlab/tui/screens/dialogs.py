@@ -52,10 +52,11 @@ class PromptEditor(ModalScreen[tuple[str, bool | None] | None]):
         Binding("escape", "cancel", "Cancel", tooltip="Keep the old prompt"),
     ]
 
-    def __init__(self, prompt: str, chat: bool | None) -> None:
+    def __init__(self, prompt: str, chat: bool | None, *, title: str | None = None) -> None:
         super().__init__()
         self._prompt = prompt
         self._chat = chat
+        self._fixed_title = title
 
     def compose(self) -> ComposeResult:
         with Vertical(id="prompt-box", classes="dialog"):
@@ -69,6 +70,8 @@ class PromptEditor(ModalScreen[tuple[str, bool | None] | None]):
         area.move_cursor(area.document.end)
 
     def _title(self) -> str:
+        if self._fixed_title:
+            return f"[b]{self._fixed_title}[/b]"
         mode = "chat template" if self._chat else ("raw" if self._chat is not None else "chat template if the model has one")
         return f"[b]Prompt[/b] — {mode}"
 

@@ -26,6 +26,7 @@ from tokenlab.lab.controller import (
     RunStopped,
     StateChanged,
     StepsAdded,
+    ScoreReady,
     TokenResolved,
     TreeChanged,
 )
@@ -97,6 +98,7 @@ class LabScreen(Screen[None]):
         Binding("enter", "choose", "Choose", show=False, tooltip="Force the selected candidate at this step and go on from there"),
         Binding("x", "expand", "5/20", show=False, tooltip="Show 5 or 20 candidates"),
         Binding("v", "history", "History", show=False, tooltip="The last runs; pick one to view it"),
+        Binding("g", "score", "Score text", show=False, tooltip="Score a text you paste (GLTR): how likely the model finds each token"),
         Binding("b", "tree", "Tree", tooltip="The tree of branches from this prompt; enter switches to one"),
         Binding("escape", "back_to_live", "Live", show=False, tooltip="Back from a history run to the live one"),
     ]
@@ -205,6 +207,10 @@ class LabScreen(Screen[None]):
                     self.tokens_per_second = event.tokens_per_second
                     self.history.append(RunRecord(event.run_id, self.seed, self.params, tuple(self.steps),
                                                   event.reason))
+        elif isinstance(event, ScoreReady):
+            from tokenlab.tui.screens.score import ScoreScreen
+
+            self.app.push_screen(ScoreScreen(event.steps, event.summary))
         elif isinstance(event, TreeChanged):
             self.branch_tree = event
         elif isinstance(event, StateChanged):
@@ -401,6 +407,18 @@ class LabScreen(Screen[None]):
                 self.controller.send("switch_branch", path)
 
         self.app.push_screen(TreeScreen(self.branch_tree.segments, self.branch_tree.runs, self.branch_tree.current), switch)
+
+    def action_score(self) -> None:
+        def edited(result: tuple[str, bool | None] | None) -> None:
+            if result is None:
+                return
+            if not result[0].strip():
+                self.notify("the text is empty: nothing to score", severity="error")
+                return
+            self.notify("scoring…", timeout=2)
+            self.controller.send("score", result[0])
+
+        self.app.push_screen(PromptEditor("", None, title="Text to score (enter scores it)"), edited)
 
     def action_back_to_live(self) -> None:
         if self.viewing is not None:
