@@ -250,6 +250,40 @@ def bench_pipeline(n_vocab: int, iterations: int) -> None:
     print(f"  {'whole step record (pipeline+raw+top20)':40s} {statistics.median(times) * 1e3:7.3f} ms   (target pipeline <= 1 ms)")
 
 
+def bench_rollouts(model: str | None, reps: int, threads: int | None, length: int = 16,
+                   widths: tuple[int, ...] = (1, 4, 16, 32, 64)) -> None:
+    """tokens/s of batched rollouts (N sequences, one llama_decode per step) for several N, against N = 1."""
+    from tokenlab.engine import Engine, EngineOptions
+    from tokenlab.engine.models import resolve_model
+    from tokenlab.lab.rollouts import run_rollouts
+    from tokenlab.sampling import SamplerParams
+
+    engine = Engine(resolve_model(model), EngineOptions(n_ctx=2048, n_threads=threads))
+    context = engine.format_prompt(PROMPT, chat=True)
+    params = SamplerParams(ban=(engine.eos_id,))  # every rollout runs the full length
+
+    run_rollouts(engine, context, params, n=4, length=length, seed=0)  # warm up (page in the weights)
+    step_rates: dict[int, list[float]] = {n: [] for n in widths}
+    whole_rates: dict[int, list[float]] = {n: [] for n in widths}
+    for rep in range(reps):
+        for n in widths:
+            result = run_rollouts(engine, context, params, n=n, length=length, seed=rep + 1)
+            step_rates[n].append(result.step_tokens_per_second)
+            whole_rates[n].append(result.tokens_per_second)
+    step = {n: statistics.median(rates) for n, rates in step_rates.items()}
+    whole = {n: statistics.median(rates) for n, rates in whole_rates.items()}
+    print(f"\n== rollouts: {engine.name}, {engine.n_threads} threads, context {len(context)} tokens, "
+          f"L = {length}, {reps} interleaved reps (median)")
+    print("  steps = after the shared context is decoded; whole run = context set-up and prefix included")
+    print(f"  {'N':>4}  {'tok/s (steps)':>14}  {'ratio':>6}  {'tok/s (whole run)':>18}  {'ratio':>6}   steps per rep")
+    for n in widths:
+        print(f"  {n:4d}  {step[n]:14.1f}  {step[n] / step[widths[0]]:6.2f}  {whole[n]:18.1f}  "
+              f"{whole[n] / whole[widths[0]]:6.2f}   {fmt(step_rates[n])}")
+    if 16 in step and widths[0] == 1:
+        print(f"  ratio N=16 / N=1 (steps)         {step[16] / step[1]:8.3f}   (target >= 1.8)")
+    engine.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="catalogue name or .gguf path (default: smollm2-135m)")
@@ -258,7 +292,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--vocab", type=int, default=262_144, help="row length for the pipeline benchmark")
     parser.add_argument("--iterations", type=int, default=300, help="pipeline iterations")
-    parser.add_argument("--only", choices=["generate", "pipeline", "tui"], default=None, help="run one benchmark")
+    parser.add_argument("--only", choices=["generate", "pipeline", "tui", "rollouts"], default=None,
+                        help="run one benchmark")
     parser.add_argument("--child", choices=["plain", "tui"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--keys", action="store_true", help=argparse.SUPPRESS)
@@ -272,6 +307,8 @@ def main() -> None:
         bench_generate(args.model, args.tokens, args.reps, args.threads)
     if args.only in (None, "tui"):
         bench_tui(args.model, args.tokens, args.reps, args.threads)
+    if args.only in (None, "rollouts"):
+        bench_rollouts(args.model, args.reps, args.threads)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,19 @@ def test_inspect_table_and_logit_bias_and_ban(model_path: Path) -> None:
     assert json.loads(by_id.stdout)["candidates"][0]["final_prob"] == 0.0
 
 
+def test_rollouts_command(model_path: Path) -> None:
+    result = tokenlab("rollouts", PROMPT, "--raw", "-n", "8", "--length", "2", "--seed", "3", "-f", "jsonl")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    summary = lines[-1]
+    assert summary["done"] is True and summary["rollouts"] == 8 and summary["seed"] == 3
+    assert sum(line["count"] for line in lines[:-1]) == 8
+    again = tokenlab("rollouts", PROMPT, "--raw", "-n", "8", "--length", "2", "--seed", "3", "-f", "jsonl")
+    assert again.stdout.splitlines()[:-1] == result.stdout.splitlines()[:-1]  # same seed, same rollouts
+    table = tokenlab("rollouts", PROMPT, "--raw", "-n", "8", "--length", "2", "--seed", "3")
+    assert table.returncode == 0 and "empirical check" in table.stdout
+
+
 def test_prompt_from_stdin(model_path: Path) -> None:
     result = tokenlab("inspect", "-", "--raw", "--format", "json", input_text=PROMPT)
     assert json.loads(result.stdout)["candidates"][0]["text"] == " Paris"
@@ -121,6 +134,8 @@ def test_prompt_from_stdin(model_path: Path) -> None:
         (["inspect", "hi", "--ban", "#999999"], ["outside the vocabulary"]),
         (["inspect", "hi", "--ban", "a whole sentence of tokens"], ["tokens", "#ID"]),
         (["lab", "   "], ["prompt is empty"]),
+        (["rollouts", "hi", "-n", "0"], ["--count"]),
+        (["rollouts", "hi", "--length", "0"], ["--length"]),
         (["lab", "hi", "--min-p", "2"], ["min_p", "2"]),
     ],
 )

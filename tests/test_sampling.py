@@ -75,11 +75,14 @@ def test_defaults_match_llama_cpp_common_sampler() -> None:
     )
     assert (params.penalty_last_n, params.min_keep) == (64, 1)
     assert dict(params.logit_bias) == {} and params.ban == ()
-    assert (
-        params.samplers
-        == DEFAULT_ORDER
-        == ("penalties", "top_k", "typical_p", "top_p", "min_p", "temperature")
-    )
+    assert params.samplers == DEFAULT_ORDER
+    # llama.cpp's common order (common/common.h) with the rest of the catalogue slotted in
+    llama_cpp_order = ("penalties", "dry", "top_n_sigma", "top_k", "typical_p", "top_p", "min_p")
+    assert [name for name in DEFAULT_ORDER if name in llama_cpp_order + ("xtc", "temperature")] == [
+        *llama_cpp_order,
+        "xtc",
+        "temperature",
+    ]
     assert STAGE_NAMES == DEFAULT_ORDER
 
 
@@ -442,7 +445,10 @@ def test_stage_reports_show_each_stage() -> None:
     np.testing.assert_allclose(top_k.logits, [5.0, 4.0, 3.0])
     np.testing.assert_allclose(top_k.probs(), softmax([5.0, 4.0, 3.0]))
     np.testing.assert_allclose(temperature.logits, [10.0, 8.0, 6.0])
-    assert temperature.params == {"temperature": 0.5}
+    assert temperature.params == {"temperature": 0.5, "effective_temperature": 0.5}
+    assert top_k.cutoff is not None and (top_k.cutoff.value, top_k.cutoff.scale) == (3.0, "logit")
+    assert top_k.mass_kept == pytest.approx(softmax([1.0, 5.0, 3.0, 2.0, 4.0])[[1, 4, 2]].sum())
+    assert temperature.cutoff is None and temperature.mass_kept == 1.0
     ids, probs = temperature.top(2)
     np.testing.assert_array_equal(ids, [1, 4])
     np.testing.assert_allclose(probs, softmax([10.0, 8.0, 6.0])[:2])
@@ -712,6 +718,8 @@ def test_default_chain_works_on_survivors_after_top_k() -> None:
     result = Pipeline(SamplerParams()).run(logits, list(range(500)))
     names = [stage.name for stage in result.stages]
     assert names[0] == "top_k"
-    for stage in result.stages:  # from top_k on, every stage holds only the survivors, never the full row
+    for (
+        stage
+    ) in result.stages:  # from top_k on, every stage holds only the survivors, never the full row
         assert stage.kept_ids is not None and stage.kept_ids.shape[0] <= 40
     assert result.final_ids.shape[0] <= 40

@@ -2,12 +2,22 @@
 
 The samplers need no model: we build a `llama_token_data_array` from the same float32 logits, feed
 the history with `llama_sampler_accept`, call `llama_sampler_apply`, and compare the survivors
-(logit > -inf) and the softmax of their logits with our pipeline's, stage by stage.
+(logit > -inf) and the softmax of their logits with our pipeline's, stage by stage.  Every stage
+llama.cpp has is covered: penalties, dry, top_n_sigma, top_k, typical_p, top_p, min_p, xtc (at
+probability 1 and 0, so llama.cpp's own generator never matters) and temperature (temp_ext, i.e.
+with dynamic temperature); mirostat_v2 and DRY's string breakers have their own tests in
+test_sampling_catalogue_llamacpp.py.
+
+Stage by stage, llama.cpp's array is compacted to its survivors before the next stage: llama.cpp
+leaves tokens that top_n_sigma or greedy set to -inf in its array, where they still count in
+XTC's min_keep and dynamic temperature's maximum entropy (and make typical-p's entropy NaN), while
+tokenlab counts only alive tokens.  That difference is documented in the stages; the chain-object
+test avoids it.
 
 llama.cpp works and sums in float32, we in float64.  Where a cumulative sum (top-p, typical-p) or
-the min-p threshold lands within rounding distance of the parameter, the two may put the cut one
-token apart; such a trial is accepted only when that specific situation is proven from our own
-float64 numbers (see `explained_by_rounding`).
+a threshold (min-p, top-n-sigma, xtc) lands within rounding distance of the parameter, the two may
+put the cut one token apart; such a trial is accepted only when that specific situation is proven
+from our own float64 numbers (see `explained_by_rounding`).
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import numpy as np
 import pytest
 
 from tokenlab.sampling import DEFAULT_ORDER, Pipeline, SamplerParams, StageReport
+from tokenlab.sampling.filters import finite_std
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -36,6 +47,39 @@ CUT_TOL = 2e-5
 # llama.cpp's typical-p ranks tokens by |-log p - H| in float32: scores closer than this (~10x the
 # float32 error of a score near 10) may come out in either order.
 SCORE_TOL = 1e-5
+# Relative float32 error allowed on top-n-sigma's threshold (mean and σ summed in float32).
+SIGMA_RTOL = 1e-4
+XTC_SEED = 1234
+
+LLAMA_ORDER: tuple[str, ...] = tuple(
+    name
+    for name in DEFAULT_ORDER
+    if name
+    in (
+        "penalties",
+        "dry",
+        "top_n_sigma",
+        "top_k",
+        "typical_p",
+        "top_p",
+        "min_p",
+        "xtc",
+        "temperature",
+    )
+)
+"""The stages llama.cpp's common sampler chains, in its default order."""
+assert LLAMA_ORDER == (
+    "penalties",
+    "dry",
+    "top_n_sigma",
+    "top_k",
+    "typical_p",
+    "top_p",
+    "min_p",
+    "xtc",
+    "temperature",
+)
+HISTORY_STAGES = ("penalties", "dry")
 
 
 @contextmanager
@@ -52,10 +96,10 @@ def llama_sampler(init: Callable[..., Any], *args: Any) -> Iterator[Any]:
 class TokenArray:
     """A llama_token_data_array over the vocabulary that llama.cpp samplers modify in place."""
 
-    def __init__(self, logits: np.ndarray) -> None:
+    def __init__(self, logits: np.ndarray, ids: np.ndarray | None = None) -> None:
         self.buffer = (llama_cpp.llama_token_data * logits.shape[0])()
         view = np.frombuffer(self.buffer, dtype=TOKEN_DATA)
-        view["id"] = np.arange(logits.shape[0])
+        view["id"] = np.arange(logits.shape[0]) if ids is None else ids
         view["logit"] = logits
         view["p"] = 0.0
         self.array = llama_cpp.llama_token_data_array(
@@ -74,9 +118,15 @@ class TokenArray:
         ).view(TOKEN_DATA)
         return {int(e["id"]): float(e["logit"]) for e in entries if e["logit"] > -np.inf}
 
+    @classmethod
+    def of_survivors(cls, survivors: dict[int, float]) -> TokenArray:
+        """A fresh array holding only `survivors` (id -> float32 logit)."""
+        ids = np.array(list(survivors), dtype=np.int32)
+        return cls(np.array([survivors[i] for i in survivors], dtype=np.float32), ids)
+
 
 def llama_stage(
-    name: str, params: SamplerParams, n_vocab: int
+    name: str, params: SamplerParams, n_vocab: int, history_length: int = 0
 ) -> tuple[Callable[..., Any], tuple[Any, ...]]:
     """The llama.cpp initialiser and arguments equivalent to our stage `name` under `params`."""
     if name == "penalties":
@@ -97,7 +147,35 @@ def llama_stage(
     if name == "typical_p":
         return llama_cpp.llama_sampler_init_typical, (params.typical_p, params.min_keep)
     if name == "temperature":
-        return llama_cpp.llama_sampler_init_temp, (params.temperature,)
+        return llama_cpp.llama_sampler_init_temp_ext, (
+            params.temperature,
+            params.dynatemp_range,
+            params.dynatemp_exponent,
+        )
+    if name == "top_n_sigma":
+        return llama_cpp.llama_sampler_init_top_n_sigma, (params.top_n_sigma,)
+    if name == "xtc":
+        return llama_cpp.llama_sampler_init_xtc, (
+            params.xtc_probability,
+            params.xtc_threshold,
+            params.min_keep,
+            XTC_SEED,
+        )
+    if name == "dry":
+        # llama.cpp's C API has no "whole history" (-1): give it a window that holds all of it.
+        last_n = params.dry_penalty_last_n
+        if last_n < 0:
+            last_n = max(history_length, 1)
+        assert not params.dry_sequence_breakers, "breakers need a vocabulary (catalogue tests)"
+        return llama_cpp.llama_sampler_init_dry, (
+            None,
+            params.dry_multiplier,
+            params.dry_base,
+            params.dry_allowed_length,
+            last_n,
+            None,
+            0,
+        )
     raise AssertionError(name)
 
 
@@ -116,6 +194,14 @@ def ours_as_dict(report: StageReport) -> dict[int, float]:
         alive = np.flatnonzero(report.logits > -np.inf)
         return {int(i): float(probs[i]) for i in alive}
     return {int(i): float(p) for i, p in zip(report.kept_ids, probs, strict=True)}
+
+
+def ours_logits(report: StageReport) -> dict[int, float]:
+    """Survivor id -> logit of one of our stage reports."""
+    if report.kept_ids is None:
+        alive = np.flatnonzero(report.logits > -np.inf)
+        return {int(i): float(report.logits[i]) for i in alive}
+    return {int(i): float(v) for i, v in zip(report.kept_ids, report.logits, strict=True)}
 
 
 def explained_by_rounding(
@@ -142,6 +228,17 @@ def explained_by_rounding(
     if name == "min_p":
         threshold = max(stage_input.values()) + math.log(params.min_p)
         return all(abs(stage_input[token] - threshold) < CUT_TOL for token in ours ^ theirs)
+    if name == "top_n_sigma":
+        values = np.array(list(stage_input.values()))
+        spread = params.top_n_sigma * finite_std(values)
+        threshold = values.max() - spread
+        tolerance = SIGMA_RTOL * (1.0 + abs(values.max()) + spread)
+        return all(abs(stage_input[token] - threshold) < tolerance for token in ours ^ theirs)
+    if name == "xtc":
+        # the count of tokens at or above the threshold differs when one sits on it
+        return any(
+            abs(p - params.xtc_threshold) < CUT_TOL for p in softmax_of(stage_input).values()
+        )
     probs = softmax_of(stage_input)
     ranked = sorted(probs, key=lambda token: (-probs[token], token))
     if name == "typical_p":
@@ -182,14 +279,14 @@ def _underflows_in_float32(stage_input: dict[int, float]) -> bool:
 def compare_stagewise(logits: np.ndarray, history: list[int], params: SamplerParams) -> str:
     """Compare ours and llama.cpp stage by stage: 'same', 'rounding', 'llama_nan' or raise."""
     n_vocab = logits.shape[0]
-    result = Pipeline(params).run(logits, history)
+    result = Pipeline(params).run(logits, history, rng=np.random.default_rng(0))
     reports = {report.name: report for report in result.stages}
     tokens = TokenArray(logits)
     previous = {i: float(v) for i, v in enumerate(logits)}
     for name in params.samplers:
-        init, args = llama_stage(name, params, n_vocab)
+        init, args = llama_stage(name, params, n_vocab, len(history))
         with llama_sampler(init, *args) as sampler:
-            if name == "penalties":
+            if name in HISTORY_STAGES:
                 for token in history:
                     llama_cpp.llama_sampler_accept(sampler, token)
             tokens.apply(sampler)
@@ -199,6 +296,7 @@ def compare_stagewise(logits: np.ndarray, history: list[int], params: SamplerPar
         if name not in reports:  # our no-op stage: llama.cpp's must be one too
             assert theirs.keys() == previous.keys(), name
             previous = theirs
+            tokens = TokenArray.of_survivors(theirs)
             continue
         ours = ours_as_dict(reports[name])
         if ours.keys() != theirs.keys():
@@ -206,19 +304,81 @@ def compare_stagewise(logits: np.ndarray, history: list[int], params: SamplerPar
                 f"{name}: ours kept {sorted(ours)}, llama.cpp kept {sorted(theirs)}"
             )
             return "rounding"  # the two chains now differ legitimately; stop comparing this trial
-        expected = softmax_of(theirs)
-        for token, prob in ours.items():
-            assert prob == pytest.approx(expected[token], abs=PROB_ATOL), (name, token)
+        if name == "temperature" and params.dynatemp_range > 0 and len(theirs) > 1:
+            assert_same_dynamic_temperature(previous, theirs, reports[name])
+        elif name == "dry":
+            # DRY penalties grow as base**length: a float32 logit of -6775 is only good to ~4e-4,
+            # which moves probabilities by more than PROB_ATOL; compare the penalties themselves.
+            report = reports[name]
+            for token, logit in ours_logits(report).items():
+                our_input = float(report.input_candidates.values_at(np.array([token]))[0])
+                scale = max(1.0, abs(theirs[token]), abs(previous[token]))
+                assert our_input - logit == pytest.approx(
+                    previous[token] - theirs[token], abs=1e-6 * scale
+                ), (name, token)
+        else:
+            expected = softmax_of(theirs)
+            for token, prob in ours.items():
+                assert prob == pytest.approx(expected[token], abs=PROB_ATOL), (name, token)
         previous = theirs
+        tokens = TokenArray.of_survivors(theirs)
     final = dict(zip(result.final_ids.tolist(), result.final_probs.tolist(), strict=True))
     assert final.keys() == previous.keys()
     return "same"
+
+
+def assert_same_dynamic_temperature(
+    stage_input: dict[int, float], theirs: dict[int, float], report: StageReport
+) -> None:
+    """llama.cpp's dynamic temperature (read back from its output) matches ours to float32 error.
+
+    llama.cpp sums the entropy in float32, so its normalised entropy H/H_max is off by ~1e-7
+    absolute; raised to the exponent and divided into logits tens apart, that moves probabilities
+    by more than PROB_ATOL.  So the normalised entropy behind llama.cpp's temperature is compared
+    (absolute 1e-6) unless the temperatures agree to float32 resolution anyway, then our
+    probabilities against softmax(llama.cpp's input / our T).
+    """
+    applied = report.params["effective_temperature"]
+    normalized = report.params["normalized_entropy"]
+    base = report.params["temperature"]
+    spread = report.params["dynatemp_range"]
+    exponent = report.params["dynatemp_exponent"]
+    assert isinstance(applied, float) and isinstance(normalized, float)
+    assert isinstance(base, float) and isinstance(spread, float) and isinstance(exponent, float)
+    ratios = [stage_input[t] / theirs[t] for t in theirs if abs(theirs[t]) > 1e-3]
+    if ratios:
+        their_temperature = float(np.median(ratios))
+        low, high = max(0.0, base - spread), base + spread
+        if their_temperature == pytest.approx(applied, rel=1e-6):
+            pass  # equal to float32 resolution (of llama.cpp's parameters and of the read-back)
+        elif exponent == 0.0:
+            assert their_temperature == pytest.approx(high, rel=1e-6)
+        else:
+            fraction = max(0.0, (their_temperature - low) / (high - low))
+            their_normalized = fraction ** (1.0 / exponent)
+            assert normalized == pytest.approx(their_normalized, abs=1e-6, rel=1e-4)
+    expected = softmax_of({t: stage_input[t] / applied for t in theirs})
+    for token, prob in ours_as_dict(report).items():
+        assert prob == pytest.approx(expected[token], abs=PROB_ATOL)
 
 
 def random_logits(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
     """Continuous float32 logits (no ties, so llama.cpp's unstable sorts cannot matter)."""
     scale = rng.choice([0.3, 1.0, 3.0, 8.0])
     return (rng.normal(size=n_vocab) * scale + rng.normal() * 5).astype(np.float32)
+
+
+def random_history(rng: np.random.Generator, n_vocab: int, length: int) -> list[int]:
+    """Token ids with real repeats: chunks copied from earlier in the history (for DRY)."""
+    alphabet = int(min(n_vocab, rng.choice([2, 3, 5, 12, n_vocab])))
+    history = [int(t) for t in rng.integers(0, alphabet, min(length, 6))]
+    while len(history) < length:
+        if rng.random() < 0.5 and len(history) > 2:
+            start = int(rng.integers(0, len(history) - 1))
+            history.extend(history[start : start + int(rng.integers(1, 8))])
+        else:
+            history.append(int(rng.integers(0, alphabet)))
+    return history[:length]
 
 
 def random_params(
@@ -238,6 +398,16 @@ def random_params(
         presence_penalty=float(rng.choice([0.0, rng.uniform(-1.0, 1.0)])),
         penalty_last_n=int(rng.choice([0, 1, 8, 64])),
         min_keep=min_keep,
+        # llama.cpp's top-n-sigma ignores min_keep, ours honours it: they agree at min_keep 1.
+        top_n_sigma=-1.0 if rng.random() < 0.4 or min_keep > 1 else float(rng.uniform(0.3, 3.0)),
+        xtc_probability=float(rng.choice([0.0, 1.0])),
+        xtc_threshold=float(rng.uniform(0.0, 0.6)),
+        dry_multiplier=0.0 if rng.random() < 0.4 else float(rng.uniform(0.1, 3.0)),
+        dry_base=float(rng.choice([1.0, 1.000001, rng.uniform(1.0, 3.0), 60.0])),
+        dry_allowed_length=int(rng.integers(0, 5)),
+        dry_penalty_last_n=int(rng.choice([-1, 1, 5, 16, 64])),
+        dynatemp_range=0.0 if rng.random() < 0.5 else float(rng.uniform(0.05, 1.5)),
+        dynatemp_exponent=float(rng.choice([1.0, rng.uniform(0.0, 3.0)])),
         samplers=samplers,
     )
 
@@ -252,14 +422,14 @@ SIZES = (
 )  # 300 and 1500 exercise llama.cpp's bucket sort and our dense/partial paths
 
 
-@pytest.mark.parametrize("stage", DEFAULT_ORDER)
+@pytest.mark.parametrize("stage", LLAMA_ORDER)
 def test_each_stage_matches_llama_cpp(stage: str) -> None:
     rng = np.random.default_rng(sum(map(ord, stage)))
     outcomes = []
     for trial in range(150):
         n_vocab = int(SIZES[trial % len(SIZES)])
         logits = random_logits(rng, n_vocab)
-        history = [int(t) for t in rng.integers(0, n_vocab, int(rng.integers(0, 80)))]
+        history = random_history(rng, n_vocab, int(rng.integers(0, 80)))
         params = random_params(rng, n_vocab, (stage,))
         outcomes.append(compare_stagewise(logits, history, params))
     assert outcomes.count("rounding") <= 3, outcomes.count("rounding")
@@ -271,9 +441,9 @@ def test_default_chain_matches_llama_cpp_stage_by_stage() -> None:
     for trial in range(200):
         n_vocab = int(SIZES[trial % len(SIZES)])
         logits = random_logits(rng, n_vocab)
-        history = [int(t) for t in rng.integers(0, n_vocab, int(rng.integers(0, 100)))]
+        history = random_history(rng, n_vocab, int(rng.integers(0, 100)))
         outcomes.append(
-            compare_stagewise(logits, history, random_params(rng, n_vocab, DEFAULT_ORDER))
+            compare_stagewise(logits, history, random_params(rng, n_vocab, LLAMA_ORDER))
         )
     assert outcomes.count("rounding") <= 5
 
@@ -282,31 +452,34 @@ def test_shuffled_orders_match_llama_cpp() -> None:
     rng = np.random.default_rng(7)
     for trial in range(100):
         n_vocab = int(SIZES[trial % len(SIZES)])
-        order = tuple(rng.permutation(list(DEFAULT_ORDER)))
+        order = tuple(rng.permutation(list(LLAMA_ORDER)))
         params = random_params(rng, n_vocab, order)
-        if params.temperature == 0.0 and order.index("temperature") < len(order) - 1:
-            # llama.cpp's greedy leaves -inf entries that give a later typical-p a NaN entropy.
-            params = params.replace(temperature=0.7)
         logits = random_logits(rng, n_vocab)
-        history = [int(t) for t in rng.integers(0, n_vocab, 30)]
+        history = random_history(rng, n_vocab, 30)
         compare_stagewise(logits, history, params)
 
 
 def test_llama_cpp_chain_object_gives_the_same_final_distribution() -> None:
-    """The default order as a real llama_sampler_chain (what llama.cpp's common sampler runs)."""
+    """The default order as a real llama_sampler_chain (what llama.cpp's common sampler runs).
+
+    No compaction here, so top_n_sigma (which leaves -inf entries in llama.cpp's array) is only
+    combined with stages that do not count those entries (see the module docstring).
+    """
     rng = np.random.default_rng(99)
     compared = 0
     for trial in range(120):
         n_vocab = int(SIZES[trial % len(SIZES)])
         logits = random_logits(rng, n_vocab)
-        history = [int(t) for t in rng.integers(0, n_vocab, 50)]
-        params = random_params(rng, n_vocab, DEFAULT_ORDER)
+        history = random_history(rng, n_vocab, 50)
+        params = random_params(rng, n_vocab, LLAMA_ORDER)
+        if params.dynatemp_range > 0 or params.xtc_probability > 0 or params.typical_p < 1:
+            params = params.replace(top_n_sigma=-1.0)
         if compare_stagewise(logits, history, params) != "same":
             continue  # a proven float32 cut-off case; the chain would differ the same way
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         try:
-            for name in DEFAULT_ORDER:
-                init, args = llama_stage(name, params, n_vocab)
+            for name in LLAMA_ORDER:
+                init, args = llama_stage(name, params, n_vocab, len(history))
                 llama_cpp.llama_sampler_chain_add(
                     chain, init(*args)
                 )  # the chain owns and frees them
@@ -320,10 +493,11 @@ def test_llama_cpp_chain_object_gives_the_same_final_distribution() -> None:
         result = Pipeline(params).run(logits, history)
         ours = dict(zip(result.final_ids.tolist(), result.final_probs.tolist(), strict=True))
         assert ours.keys() == expected.keys()
+        tolerance = 1e-3 if params.dynatemp_range > 0 else PROB_ATOL  # float32 entropy, see above
         for token, prob in ours.items():
-            assert prob == pytest.approx(expected[token], abs=PROB_ATOL)
+            assert prob == pytest.approx(expected[token], abs=tolerance)
         compared += 1
-    assert compared >= 110
+    assert compared >= 105
 
 
 @pytest.mark.parametrize("stage", ["top_p", "typical_p"])

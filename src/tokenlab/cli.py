@@ -137,9 +137,15 @@ _SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def with_run_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the shared model and sampler flags to a command; it receives them as `opts: RunOptions`."""
+def with_run_options(func: Callable[..., Any] | None = None, *, exclude: tuple[str, ...] = ()) -> Any:
+    """Add the shared model and sampler flags to a command; it receives them as `opts: RunOptions`.
+
+    `exclude` leaves some shared flags out (a command whose own flags need those names).
+    """
+    if func is None:
+        return functools.partial(with_run_options, exclude=exclude)
     defaults = RunOptions()
+    shared_options = {name: spec for name, spec in _SHARED_OPTIONS.items() if name not in exclude}
     hints = typing.get_type_hints(func, include_extras=True)  # real objects, not `from __future__` strings
     own = [
         p.replace(annotation=hints.get(p.name, p.annotation))
@@ -153,16 +159,16 @@ def with_run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             default=getattr(defaults, name) if name not in ("logit_bias", "ban") else None,
             annotation=Annotated[annotation, option],
         )
-        for name, (annotation, option) in _SHARED_OPTIONS.items()
+        for name, (annotation, option) in shared_options.items()
     ]
     own_positional = [p for p in own if p.kind is not inspect.Parameter.KEYWORD_ONLY]
     own_keyword = [p for p in own if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name) for name in _SHARED_OPTIONS}
-        values["logit_bias"] = values["logit_bias"] or []
-        values["ban"] = values["ban"] or []
+        values = {name: kwargs.pop(name) for name in shared_options}
+        values["logit_bias"] = values.get("logit_bias") or []
+        values["ban"] = values.get("ban") or []
         with user_errors():
             return func(opts=RunOptions(**values), **kwargs)
 
@@ -385,6 +391,40 @@ def inspect_command(
         f"entropy: raw {frontier.raw.entropy_bits:.3f} bits · final {final_entropy:.3f} bits · "
         f"{result.final_ids.shape[0]:,} token{'s' if result.final_ids.shape[0] != 1 else ''} can be drawn"
     )
+
+
+@app.command()
+@with_run_options(exclude=("max_tokens",))
+def rollouts(
+    prompt: Annotated[str, typer.Argument(help="Prompt to sample continuations of ('-' reads standard input).", show_default=False)],
+    *,
+    count: Annotated[int, typer.Option("-n", "--count", help="How many continuations to sample.", rich_help_panel="Rollouts")] = 64,
+    length: Annotated[int, typer.Option("--length", "-L", help="Tokens per continuation.", rich_help_panel="Rollouts")] = 16,
+    output_format: Annotated[str, typer.Option("--format", "-f", help="text (tables) or jsonl (one object per distinct continuation, then a summary).", rich_help_panel="Output")] = "text",
+    opts: RunOptions,
+) -> None:
+    """Sample N continuations of PROMPT in one batch and check them against the sampler's promise.
+
+    Prints the distinct continuations grouped by first token, with counts and probabilities, and the
+    empirical check: the observed frequency of each first token next to the probability the pipeline
+    predicted, with a chi-square goodness-of-fit p-value.
+    """
+    from tokenlab.commands.rollouts import RolloutsFormat, print_rollouts, progress_bar
+    from tokenlab.lab.rollouts import run_rollouts
+
+    if output_format not in ("text", "jsonl"):
+        raise UserError(f"--format must be text or jsonl, got {output_format!r}")
+    if count < 1:
+        raise UserError(f"-n/--count must be at least 1, got {count}")
+    if length < 1:
+        raise UserError(f"--length must be at least 1, got {length}")
+    engine, tokens, params = prepare_run(prompt, opts, example="tokenlab rollouts 'The capital of France is' -n 64")
+    seed = opts.seed if opts.seed is not None else secrets.randbits(32)
+    with progress_bar(err_console) as progress:
+        result = run_rollouts(engine, tokens, params, n=count, length=length, seed=seed, top_n=opts.top_n,
+                              progress=progress)
+    print_rollouts(result, Console(highlight=False), RolloutsFormat(output_format),
+                   extra={"model": engine.name, "seed": seed})
 
 
 class ScoreFormat(str, Enum):

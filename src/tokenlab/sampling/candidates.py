@@ -20,6 +20,10 @@ _EMPTY_VALUES = np.empty(0, dtype=np.float64)
 _MAX_STRIDE = 64
 _MIN_STRIDE = 4
 
+# A dense filter result with at most this many survivors (or 1/16 of the row) becomes sparse;
+# beyond that sorting them would cost more than keeping the row dense.
+_SPARSE_LIMIT = 4096
+
 
 class _Workspace:
     """A pipeline-private float64 copy of a dense row that edit stages change in place, with undo.
@@ -181,6 +185,19 @@ class Candidates:
             return self
         ids, values = sort_dense(self.logits)
         return Candidates(self.n_vocab, ids, values)
+
+    def keep_where(self, mask: np.ndarray) -> Candidates:
+        """Only the candidates where boolean `mask` (aligned with `logits`) is True."""
+        logits = self.logits
+        if self.ids is not None:
+            positions = np.flatnonzero(mask)
+            return self if positions.shape[0] == self.ids.shape[0] else self.take(positions)
+        kept = np.flatnonzero(mask & (logits > -np.inf))
+        if kept.shape[0] == self.count():
+            return self
+        if kept.shape[0] <= max(_SPARSE_LIMIT, self.n_vocab // 16):
+            return Candidates.sparse(self.n_vocab, kept, logits[kept])
+        return Candidates(self.n_vocab, None, np.where(mask, logits, -np.inf))
 
     def with_logits(self, logits: np.ndarray, *, order_kept: bool = True) -> Candidates:
         """The same tokens with new aligned logits; re-sorted when `order_kept` is False."""

@@ -9,21 +9,41 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenlab.sampling import filters, history, mirostat  # noqa: F401  (they register stages)
 from tokenlab.sampling._validate import check_bias, check_float, check_int, check_token_id
-from tokenlab.sampling.stages import STAGES
-
-STAGE_NAMES: tuple[str, ...] = tuple(name for name, stage in STAGES.items() if stage.orderable)
-"""Stages `samplers` may list (logit_bias and ban always run first and are not listed)."""
+from tokenlab.sampling.history import check_breakers
+from tokenlab.sampling.mirostat import check_mirostat
+from tokenlab.sampling.stages import STAGES, check_schedule
 
 DEFAULT_ORDER: tuple[str, ...] = (
     "penalties",
+    "scaled_penalties",
+    "no_repeat_ngram",
+    "dry",
+    "top_n_sigma",
     "top_k",
     "typical_p",
     "top_p",
     "min_p",
+    "epsilon",
+    "eta",
+    "top_a",
+    "xtc",
     "temperature",
+    "mirostat_v2",
 )
-"""llama.cpp's default stage order (common/common.h, less the stages tokenlab lacks yet)."""
+"""Every stage in its default place: llama.cpp's common order (penalties; dry; top_n_sigma; top_k;
+typ_p; top_p; min_p; xtc; temperature), the other history stages after penalties, transformers'
+epsilon/eta and webui's top_a after min_p, and mirostat last (llama.cpp runs it after temperature).
+Stages whose knobs are off are dropped when a Pipeline is built, so they cost nothing."""
+
+STAGE_NAMES: tuple[str, ...] = tuple(
+    sorted(
+        (name for name, stage in STAGES.items() if stage.orderable),
+        key=lambda name: DEFAULT_ORDER.index(name) if name in DEFAULT_ORDER else len(DEFAULT_ORDER),
+    )
+)
+"""Stages `samplers` may list, in default order (logit_bias and ban always run first, unlisted)."""
 
 _ALIASES: dict[str, str] = {
     "typ_p": "typical_p",
@@ -37,6 +57,18 @@ _ALIASES: dict[str, str] = {
     "nucleus": "top_p",
     "minp": "min_p",
     "penalty": "penalties",
+    "topnsigma": "top_n_sigma",
+    "top_nsigma": "top_n_sigma",
+    "nsigma": "top_n_sigma",
+    "mirostat": "mirostat_v2",
+    "mirostat2": "mirostat_v2",
+    "mirostatv2": "mirostat_v2",
+    "epsilon_cutoff": "epsilon",
+    "eta_cutoff": "eta",
+    "topa": "top_a",
+    "no_repeat_ngram_size": "no_repeat_ngram",
+    "scaled_penalty": "scaled_penalties",
+    "dynatemp": "temperature",
 }
 
 
@@ -111,6 +143,54 @@ class SamplerParams:
     samplers: tuple[str, ...] = DEFAULT_ORDER
     """Stages to run, in order; a stage left out is off (a comma string or aliases are accepted)."""
 
+    # -- the rest of the catalogue: llama.cpp's names where it has the sampler ----------------------
+    top_n_sigma: float = -1.0
+    """Keep logits >= max - n·σ of the finite logits; <= 0 turns it off."""
+    xtc_probability: float = 0.0
+    """Chance per step that XTC removes the top choices; 0 turns it off."""
+    xtc_threshold: float = 0.1
+    """XTC removes tokens with p >= this except the least likely of them; > 0.5 turns it off."""
+    dry_multiplier: float = 0.0
+    """DRY penalty multiplier; 0 turns DRY off."""
+    dry_base: float = 1.75
+    """DRY penalty base (>= 1): penalty = multiplier·base^(repeat length - allowed length)."""
+    dry_allowed_length: int = 2
+    """Repeats up to this long go unpenalized by DRY."""
+    dry_penalty_last_n: int = 64
+    """History tokens DRY scans; -1 is the whole history, 0 turns DRY off."""
+    dry_sequence_breakers: tuple[tuple[int, ...], ...] = ()
+    """Token-id sequences that end a DRY repeat; make them with `dry_breaker_sequences`."""
+    mirostat: int = 0
+    """0 = off, 2 = Mirostat 2.0 (the mirostat_v2 stage)."""
+    mirostat_tau: float = 5.0
+    """Mirostat's target surprise, in bits."""
+    mirostat_eta: float = 0.1
+    """Mirostat's learning rate."""
+    dynatemp_range: float = 0.0
+    """Dynamic temperature: T moves within [T - range, T + range] with the entropy; 0 is off."""
+    dynatemp_exponent: float = 1.0
+    """How the normalised entropy maps to the dynamic temperature (its exponent)."""
+    temperature_end: float | None = None
+    """Temperature schedule target: T moves from `temperature` to this; None is no schedule."""
+    temperature_steps: int = 100
+    """Generated tokens the schedule takes to reach `temperature_end` (it stays there after)."""
+    temperature_curve: str = "linear"
+    """Schedule shape: "linear" or "exponential" (geometric; needs both temperatures > 0)."""
+    # -- transformers' names where llama.cpp has no such sampler, plus text-generation-webui's top_a
+    epsilon_cutoff: float = 0.0
+    """Keep tokens with p >= epsilon (e.g. 3e-4); 0 turns it off."""
+    eta_cutoff: float = 0.0
+    """Keep p >= min(eta, sqrt(eta)·exp(-entropy)) (e.g. 3e-4); 0 turns it off."""
+    top_a: float = 0.0
+    """Remove tokens with p < top_a·p_max²; 0 turns it off."""
+    no_repeat_ngram_size: int = 0
+    """Ban tokens that would repeat an n-gram of this size from the history; 0 turns it off."""
+    # -- tokenlab's own ---------------------------------------------------------------------------
+    scaled_frequency: float = 1.0
+    """Divide a seen token's (shifted) logit by 1 + (this - 1)·count; 1 is off."""
+    scaled_presence: float = 1.0
+    """... and by a further (this - 1) once it was seen at all; 1 is off (penalty_last_n window)."""
+
     def __post_init__(self) -> None:
         checked = {
             "temperature": check_float(
@@ -132,7 +212,66 @@ class SamplerParams:
             "logit_bias": _frozen_bias(self.logit_bias),
             "ban": self._checked_ban(),
             "samplers": parse_samplers(self.samplers),
+            "top_n_sigma": check_float("top_n_sigma", self.top_n_sigma, note=" (<= 0 = off)"),
+            "xtc_probability": check_float(
+                "xtc_probability", self.xtc_probability, low=0.0, high=1.0
+            ),
+            "xtc_threshold": check_float(
+                "xtc_threshold", self.xtc_threshold, low=0.0, high=1.0, note=" (> 0.5 = off)"
+            ),
+            "dry_multiplier": check_float(
+                "dry_multiplier", self.dry_multiplier, low=0.0, note=" (0 = off)"
+            ),
+            "dry_base": check_float("dry_base", self.dry_base, low=1.0),
+            "dry_allowed_length": check_int("dry_allowed_length", self.dry_allowed_length, low=0),
+            "dry_penalty_last_n": check_int(
+                "dry_penalty_last_n",
+                self.dry_penalty_last_n,
+                low=-1,
+                note=" (-1 = whole history, 0 = off)",
+            ),
+            "dry_sequence_breakers": check_breakers(self.dry_sequence_breakers),
+            "mirostat": check_mirostat(self.mirostat),
+            "mirostat_tau": check_float("mirostat_tau", self.mirostat_tau, low=0.0),
+            "mirostat_eta": check_float("mirostat_eta", self.mirostat_eta, low=0.0),
+            "dynatemp_range": check_float(
+                "dynatemp_range", self.dynatemp_range, low=0.0, note=" (0 = off)"
+            ),
+            "dynatemp_exponent": check_float("dynatemp_exponent", self.dynatemp_exponent, low=0.0),
+            "epsilon_cutoff": check_float(
+                "epsilon_cutoff",
+                self.epsilon_cutoff,
+                low=0.0,
+                high=1.0,
+                high_open=True,
+                note=" (0 = off)",
+            ),
+            "eta_cutoff": check_float(
+                "eta_cutoff",
+                self.eta_cutoff,
+                low=0.0,
+                high=1.0,
+                high_open=True,
+                note=" (0 = off)",
+            ),
+            "top_a": check_float("top_a", self.top_a, low=0.0, high=1.0, note=" (0 = off)"),
+            "no_repeat_ngram_size": check_int(
+                "no_repeat_ngram_size", self.no_repeat_ngram_size, low=0, note=" (0 = off)"
+            ),
+            "scaled_frequency": check_float(
+                "scaled_frequency", self.scaled_frequency, low=1.0, note=" (1 = off)"
+            ),
+            "scaled_presence": check_float(
+                "scaled_presence", self.scaled_presence, low=1.0, note=" (1 = off)"
+            ),
         }
+        end, steps, curve = check_schedule(
+            checked["temperature"],  # type: ignore[arg-type]
+            self.temperature_end,
+            self.temperature_steps,
+            self.temperature_curve,
+        )
+        checked.update(temperature_end=end, temperature_steps=steps, temperature_curve=curve)
         for name, value in checked.items():
             object.__setattr__(self, name, value)
 
@@ -165,21 +304,17 @@ class SamplerParams:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values; logit_bias keys become strings (-inf stays float('-inf'))."""
-        return {
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "min_p": self.min_p,
-            "typical_p": self.typical_p,
-            "repeat_penalty": self.repeat_penalty,
-            "frequency_penalty": self.frequency_penalty,
-            "presence_penalty": self.presence_penalty,
-            "penalty_last_n": self.penalty_last_n,
-            "min_keep": self.min_keep,
-            "logit_bias": {str(token_id): bias for token_id, bias in self.logit_bias.items()},
-            "ban": list(self.ban),
-            "samplers": list(self.samplers),
-        }
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "logit_bias":
+                value = {str(token_id): bias for token_id, bias in value.items()}
+            elif f.name == "dry_sequence_breakers":
+                value = [list(breaker) for breaker in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            values[f.name] = value
+        return values
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> SamplerParams:
@@ -192,3 +327,10 @@ class SamplerParams:
                 f"valid ones are {', '.join(sorted(names))}"
             )
         return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> SamplerParams:
+        """Parameters of a built-in preset (see BUILTIN_PRESETS), with some fields overridden."""
+        from tokenlab.sampling.presets import preset_values
+
+        return cls.from_dict({**preset_values(name), **overrides})

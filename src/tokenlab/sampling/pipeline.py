@@ -10,19 +10,27 @@ Degenerate rows never raise and never produce NaN:
   (those not banned and without a -inf bias), or over the whole vocabulary when nothing is allowed.
   `PipelineResult.uniform_fallback` is then True.
 
-Filters (top_k, typical_p, top_p, min_p) never leave fewer than `min_keep` tokens when they received
-at least that many.  Greedy decoding (temperature 0) is the exception: it keeps exactly the most
-likely token, as llama.cpp does.
+Filters (every stage that removes tokens) never leave fewer than `min_keep` tokens when they
+received at least that many.  The exceptions choose by design: greedy decoding (an effective
+temperature of 0) keeps exactly the most likely token, and mirostat_v2 may keep a single one, as in
+llama.cpp.
+
+A run is a pure function of (logits, history, rng, state, step_index): stochastic stages (xtc) draw
+from `rng` (a fixed-seed generator when None, so `distribution()` is deterministic), stateful ones
+(mirostat_v2) read `state`, and `PipelineResult.next_state(token_id)` gives the state for the next
+step.  Nothing is kept between runs, so a rewound or branched generation just reuses old states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import types
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 
+from tokenlab.sampling._validate import check_int
 from tokenlab.sampling.candidates import (
     Candidates,
     as_row,
@@ -32,13 +40,35 @@ from tokenlab.sampling.candidates import (
     workspace_candidates,
 )
 from tokenlab.sampling.params import SamplerParams
-from tokenlab.sampling.stages import STAGES, Ban, LogitBias, Stage, StepContext
+from tokenlab.sampling.stages import (
+    EMPTY_STATE,
+    STAGES,
+    Ban,
+    Cutoff,
+    LogitBias,
+    Stage,
+    StageOutcome,
+    StepContext,
+)
 
 REMOVED_BY_INPUT = "input"
 """What `removed_by` answers for a token whose raw logit was already -inf or NaN."""
 
 # A draw from a dense final distribution first ranks only this many tokens.
 _DRAW_PARTIAL = 256
+
+
+def _checked_state(state: Mapping[str, object] | None) -> Mapping[str, object]:
+    if state is None:
+        return EMPTY_STATE
+    if not isinstance(state, Mapping):
+        raise ValueError(
+            f"state must be a mapping (from PipelineResult.next_state) or None, got {state!r}"
+        )
+    for key in state:
+        if not isinstance(key, str):
+            raise ValueError(f"state keys must be strings, got {key!r}")
+    return state
 
 
 def _as_history(history: Iterable[int] | np.ndarray) -> Sequence[int] | np.ndarray:
@@ -50,18 +80,27 @@ def _as_history(history: Iterable[int] | np.ndarray) -> Sequence[int] | np.ndarr
 class StageReport:
     """What one stage did: which tokens survived it, and their logits afterwards."""
 
-    __slots__ = ("_after", "_before", "_probs", "name", "params")
+    __slots__ = ("_after", "_before", "_input_probs", "_probs", "cutoff", "name", "params")
 
     def __init__(
-        self, name: str, params: dict[str, object], before: Candidates, after: Candidates
+        self,
+        name: str,
+        params: dict[str, object],
+        before: Candidates,
+        after: Candidates,
+        cutoff: Cutoff | None = None,
     ) -> None:
         self.name = name
         """Canonical stage name."""
         self.params = params
-        """The stage's parameters as plain values."""
+        """The stage's parameters as plain values, plus what it decided this run (the temperature
+        applied, mirostat's mu, whether xtc fired)."""
+        self.cutoff = cutoff
+        """Where the stage drew its line this run (value, scale, rule), or None."""
         self._before = before
         self._after = after
         self._probs: np.ndarray | None = None
+        self._input_probs: np.ndarray | None = None
 
     @property
     def kept_ids(self) -> np.ndarray | None:
@@ -93,11 +132,41 @@ class StageReport:
         """The stage's output as candidates (dense or sparse)."""
         return self._after
 
+    @property
+    def input_candidates(self) -> Candidates:
+        """The stage's input as candidates (the previous stage's output)."""
+        return self._before
+
     def probs(self) -> np.ndarray:
         """Float64 softmax over the survivors, aligned with `logits` (0 where removed)."""
         if self._probs is None:
             self._probs = softmax(self._after.logits)
         return self._probs
+
+    @property
+    def mass_kept(self) -> float:
+        """Probability mass, under the stage's input distribution, of the tokens that survived."""
+        if self.n_kept == self.n_in:
+            return 1.0
+        input_probs = self._input_distribution()
+        if self._after.ids is None:
+            return float(input_probs[self._after.logits > -np.inf].sum())
+        if self._before.ids is None:
+            return float(input_probs[self._after.ids].sum())
+        found, positions = locate(self._before.ids, self._after.ids)
+        return float(input_probs[positions[found]].sum())
+
+    def _input_distribution(self) -> np.ndarray:
+        if self._input_probs is None:
+            self._input_probs = softmax(self._before.logits)
+        return self._input_probs
+
+    def input_prob_of(self, token_id: int) -> float:
+        """Probability of `token_id` in the stage's input (0.0 when it was not alive there)."""
+        if self._before.ids is None:
+            return float(self._input_distribution()[token_id])
+        found, positions = locate(self._before.ids, np.array([token_id], dtype=np.int64))
+        return float(self._input_distribution()[positions[0]]) if found[0] else 0.0
 
     def contains(self, token_id: int) -> bool:
         """Whether `token_id` survived this stage."""
@@ -121,7 +190,7 @@ class StageReport:
     def __repr__(self) -> str:
         return (
             f"StageReport(name={self.name!r}, n_in={self.n_in}, n_kept={self.n_kept}, "
-            f"params={self.params!r})"
+            f"params={self.params!r}, cutoff={self.cutoff!r})"
         )
 
 
@@ -136,6 +205,9 @@ class PipelineResult:
         stages: tuple[StageReport, ...],
         final: Candidates,
         uniform_fallback: bool,
+        state: Mapping[str, object] = EMPTY_STATE,
+        step_index: int = 0,
+        stateful: tuple[tuple[Stage, StageReport], ...] = (),
     ) -> None:
         self.params = params
         """The parameters the pipeline ran with."""
@@ -147,7 +219,26 @@ class PipelineResult:
         """True when nothing finite was left after logit_bias and ban (uniform over allowed)."""
         self.final = final
         """The surviving candidates and their final logits."""
+        self.state = state
+        """The sampler state this run started from (empty: every stage's initial state)."""
+        self.step_index = step_index
+        """The 0-based generated-token index this run was for."""
         self._raw = raw
+        self._stateful = stateful
+
+    def next_state(self, token_id: int) -> Mapping[str, object]:
+        """The state after `token_id` is appended (pass it to the next step's run).
+
+        A read-only mapping: this run's state with the entries of the stateful stages that ran
+        updated (mirostat_v2's "mirostat_mu"); entries of stages that did not run pass through.
+        """
+        token_id = self._check_id(token_id)
+        if not self._stateful:
+            return self.state
+        updated = dict(self.state)
+        for stage, report in self._stateful:
+            updated.update(stage.next_state(report, token_id))
+        return types.MappingProxyType(updated)
 
     # -- the final distribution --------------------------------------------------------------------
 
@@ -300,6 +391,10 @@ class Pipeline:
         self._first: tuple[Stage, ...] = tuple(stage for stage in first if stage is not None)
         ordered = (STAGES[name].from_params(self.params) for name in self.params.samplers)
         self._ordered: tuple[Stage, ...] = tuple(stage for stage in ordered if stage is not None)
+        self._stochastic = any(stage.stochastic for stage in self._ordered)
+        self._has_state = tuple(
+            type(stage).next_state is not Stage.next_state for stage in self._ordered
+        )
 
     @property
     def stages(self) -> tuple[Stage, ...]:
@@ -307,14 +402,40 @@ class Pipeline:
         return self._first + self._ordered
 
     def accept(self, token_id: int) -> None:
-        """Tell stateful stages that `token_id` was appended to the text."""
+        """A no-op hook for stages: state lives in `PipelineResult.next_state`, not in stages."""
         for stage in self.stages:
             stage.accept(token_id)
 
-    def run(self, logits: object, history: Iterable[int] | np.ndarray = ()) -> PipelineResult:
-        """Apply every stage to one raw logits row (never modified; reports may reference it)."""
+    def run(
+        self,
+        logits: object,
+        history: Iterable[int] | np.ndarray = (),
+        *,
+        rng: np.random.Generator | None = None,
+        state: Mapping[str, object] | None = None,
+        step_index: int = 0,
+    ) -> PipelineResult:
+        """Apply every stage to one raw logits row (never modified; reports may reference it).
+
+        `rng` feeds stochastic stages (default: a generator seeded with `step_index`), `state` is
+        the mapping a previous `next_state` returned (None: the initial state), and `step_index`
+        the 0-based index of the token being generated (temperature schedules).
+        """
         row = as_row(logits)
-        context = StepContext(n_vocab=int(row.shape[0]), history=_as_history(history))
+        checked_state = _checked_state(state)
+        if type(step_index) is not int or step_index < 0:
+            step_index = check_int("step_index", step_index, low=0)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a numpy Generator or None, got {type(rng).__name__}")
+        if rng is None and self._stochastic:
+            rng = np.random.default_rng(step_index)
+        context = StepContext(
+            n_vocab=int(row.shape[0]),
+            history=_as_history(history),
+            rng=rng,
+            state=checked_state,
+            step_index=step_index,
+        )
         top = row.max()
         if np.isnan(top):
             clean = row.astype(np.float64)  # a copy
@@ -338,18 +459,30 @@ class Pipeline:
                 stages=tuple(reports),
                 final=self._uniform_over_allowed(context.n_vocab),
                 uniform_fallback=True,
+                state=checked_state,
+                step_index=step_index,
             )
 
-        for stage in self._ordered:
-            after = stage.apply(candidates, context)
-            reports.append(StageReport(stage.name, stage.describe(), candidates, after))
-            candidates = after
+        stateful: list[tuple[Stage, StageReport]] = []
+        for stage, has_state in zip(self._ordered, self._has_state, strict=True):
+            outcome: StageOutcome = stage.outcome(candidates, context)
+            params = stage.describe()
+            if outcome.details:
+                params.update(outcome.details)
+            report = StageReport(stage.name, params, candidates, outcome.candidates, outcome.cutoff)
+            reports.append(report)
+            if has_state:
+                stateful.append((stage, report))
+            candidates = outcome.candidates
         return PipelineResult(
             params=self.params,
             raw=row,
             stages=tuple(reports),
             final=candidates,
             uniform_fallback=False,
+            state=checked_state,
+            step_index=step_index,
+            stateful=tuple(stateful),
         )
 
     def _uniform_over_allowed(self, n_vocab: int) -> Candidates:
@@ -365,7 +498,16 @@ class Pipeline:
 
 
 def distribution(
-    logits: object, history: Iterable[int] | np.ndarray = (), **params: Any
+    logits: object,
+    history: Iterable[int] | np.ndarray = (),
+    *,
+    rng: np.random.Generator | None = None,
+    state: Mapping[str, object] | None = None,
+    step_index: int = 0,
+    **params: Any,
 ) -> np.ndarray:
     """Full-length float64 final probabilities of `logits` under SamplerParams(**params)."""
-    return Pipeline(SamplerParams.from_dict(params)).run(logits, history).dense_probs()
+    result = Pipeline(SamplerParams.from_dict(params)).run(
+        logits, history, rng=rng, state=state, step_index=step_index
+    )
+    return result.dense_probs()
