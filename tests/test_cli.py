@@ -157,3 +157,29 @@ def test_help_lists_the_commands() -> None:
     generate_help = tokenlab("generate", "--help").stdout
     for flag in ("--temperature", "--top-k", "--logit-bias", "--samplers", "--gpu-layers", "--chat"):
         assert flag in generate_help
+
+
+def test_inspect_stages_and_the_catalogue_flags(model_path: Path) -> None:
+    result = tokenlab("inspect", PROMPT, "--raw", "--stages", "--format", "json", "--top-p", "0.9",
+                      "--top-n-sigma", "2", "--xtc-probability", "1", "--xtc-threshold", "0.05")
+    assert result.returncode == 0, result.stderr
+    stages = json.loads(result.stdout)["stages"]
+    names = [stage["name"] for stage in stages]
+    assert names.index("top_n_sigma") < names.index("top_k") < names.index("xtc") < names.index("temperature")
+    for before, after in zip(stages, stages[1:]):
+        assert after["kept"] <= before["kept"]
+    assert all(0 < stage["mass_kept"] <= 1 and stage["survivors"] for stage in stages)
+    xtc = stages[names.index("xtc")]
+    assert " Paris" not in [c["text"] for c in json.loads(result.stdout)["candidates"] if c["final_prob"] > 0]
+    assert xtc["probs"]["7042"] == 0.0  # XTC took the top choice out
+
+    table = tokenlab("inspect", PROMPT, "--raw", "--stages")
+    assert "stage by stage" in table.stdout and "mass kept" in table.stdout
+
+    preset = tokenlab("inspect", PROMPT, "--raw", "--preset", "greedy", "--format", "json")
+    assert [c["final_prob"] for c in json.loads(preset.stdout)["candidates"]][:2] == [1.0, 0.0]
+    mirostat = tokenlab("generate", PROMPT, "--raw", "--mirostat", "2", "-n", "4", "--seed", "1", "-f", "jsonl")
+    steps = [json.loads(line) for line in mirostat.stdout.splitlines()[:-1]]
+    assert all("mirostat_mu" in step["sampler_state"] for step in steps)
+    assert_one_line_error(tokenlab("inspect", PROMPT, "--preset", "nope"), "nope", "greedy")
+    assert_one_line_error(tokenlab("inspect", PROMPT, "--xtc-probability", "2"), "xtc_probability")

@@ -133,3 +133,28 @@ def test_turning_a_knob_resamples_the_frontier_without_a_model_call(engine: Engi
     assert first.final_ids.shape[0] > 1
     step = generation.step()
     assert step is not None and step.final_prob == 1.0 and step.rank == 1
+
+
+def test_mirostat_state_flows_through_steps_and_rewinds(engine: Engine) -> None:
+    params = SamplerParams.from_preset("mirostat")
+    generation = Generation(engine, raw_tokens(engine), params, seed=2, max_tokens=6)
+    steps = list(generation.run())
+    mus = [step.sampler_state["mirostat_mu"] for step in steps]
+    assert len(set(mus)) > 1  # mu moves with each token's surprise
+    generation.rewind(3)
+    frontier = generation.frontier()
+    assert frontier.state == steps[2].sampler_state and frontier.step_index == 3
+    again = generation.step()
+    assert again is not None and again.id == steps[3].id  # same state, same stream: the same token
+
+
+def test_temperature_schedule_follows_the_step_index(engine: Engine) -> None:
+    params = SamplerParams(temperature=1.0, temperature_end=0.2, temperature_steps=4)
+    generation = Generation(engine, raw_tokens(engine), params, seed=2, max_tokens=6)
+    temperatures = []
+    for _ in range(6):
+        report = next(r for r in generation.frontier().result.stages if r.name == "temperature")
+        temperatures.append(report.params["effective_temperature"])
+        generation.step()
+    assert temperatures[0] == pytest.approx(1.0) and temperatures[4] == pytest.approx(0.2)
+    assert temperatures == sorted(temperatures, reverse=True) and temperatures[5] == pytest.approx(0.2)

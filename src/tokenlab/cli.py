@@ -103,9 +103,32 @@ class RunOptions:
     presence_penalty: float = _SAMPLER_DEFAULTS.presence_penalty
     penalty_last_n: int = _SAMPLER_DEFAULTS.penalty_last_n
     min_keep: int = _SAMPLER_DEFAULTS.min_keep
+    top_n_sigma: float = _SAMPLER_DEFAULTS.top_n_sigma
+    xtc_threshold: float = _SAMPLER_DEFAULTS.xtc_threshold
+    xtc_probability: float = _SAMPLER_DEFAULTS.xtc_probability
+    dry_multiplier: float = _SAMPLER_DEFAULTS.dry_multiplier
+    dry_base: float = _SAMPLER_DEFAULTS.dry_base
+    dry_allowed_length: int = _SAMPLER_DEFAULTS.dry_allowed_length
+    dry_penalty_last_n: int = _SAMPLER_DEFAULTS.dry_penalty_last_n
+    dry_sequence_breaker: list[str] = field(default_factory=list)
+    mirostat: int = _SAMPLER_DEFAULTS.mirostat
+    mirostat_tau: float = _SAMPLER_DEFAULTS.mirostat_tau
+    mirostat_eta: float = _SAMPLER_DEFAULTS.mirostat_eta
+    dynatemp_range: float = _SAMPLER_DEFAULTS.dynatemp_range
+    dynatemp_exponent: float = _SAMPLER_DEFAULTS.dynatemp_exponent
+    temperature_end: float | None = _SAMPLER_DEFAULTS.temperature_end
+    temperature_steps: int = _SAMPLER_DEFAULTS.temperature_steps
+    temperature_curve: str = _SAMPLER_DEFAULTS.temperature_curve
+    epsilon_cutoff: float = _SAMPLER_DEFAULTS.epsilon_cutoff
+    eta_cutoff: float = _SAMPLER_DEFAULTS.eta_cutoff
+    top_a: float = _SAMPLER_DEFAULTS.top_a
+    no_repeat_ngram_size: int = _SAMPLER_DEFAULTS.no_repeat_ngram_size
+    scaled_frequency: float = _SAMPLER_DEFAULTS.scaled_frequency
+    scaled_presence: float = _SAMPLER_DEFAULTS.scaled_presence
     logit_bias: list[str] = field(default_factory=list)
     ban: list[str] = field(default_factory=list)
     samplers: str | None = None
+    preset: str | None = None
     top_n: int = 20
     ctx_size: int = 2048
     threads: int | None = None
@@ -132,9 +155,35 @@ _SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "min_keep": (int, typer.Option("--min-keep", help="Filters keep at least this many tokens.", rich_help_panel="Sampling")),
     "logit_bias": (Optional[list[str]], typer.Option("--logit-bias", "-b", help="TOKEN=BIAS added to a token's logit (repeatable). TOKEN is its text, e.g. ' Paris=5', or #ID.", rich_help_panel="Sampling")),
     "ban": (Optional[list[str]], typer.Option("--ban", help="Never sample TOKEN (text or #ID; repeatable).", rich_help_panel="Sampling")),
-    "samplers": (Optional[str], typer.Option("--samplers", help="Stage order, comma-separated. Default: penalties,top_k,typical_p,top_p,min_p,temperature. Unlisted stages are off.", rich_help_panel="Sampling")),
+    "samplers": (Optional[str], typer.Option("--samplers", help="Stage order, comma-separated, or an order preset: llama.cpp (default), transformers, greedy, mirostat. Unlisted stages are off.", rich_help_panel="Sampling")),
+    "preset": (Optional[str], typer.Option("--preset", help="Start from a named preset of all knobs: greedy, llama.cpp, transformers, creative, deterministic-ish, penalized, mirostat, or one you saved in the lab; flags that differ from their defaults override it.", rich_help_panel="Sampling")),
+    "top_n_sigma": (float, typer.Option("--top-n-sigma", help="Keep logits >= max - n·sigma; <= 0 = off.", rich_help_panel="More samplers")),
+    "xtc_threshold": (float, typer.Option("--xtc-threshold", help="XTC: tokens above this probability are candidates for removal.", rich_help_panel="More samplers")),
+    "xtc_probability": (float, typer.Option("--xtc-probability", help="XTC: chance per step of removing all but the least likely token above the threshold; 0 = off.", rich_help_panel="More samplers")),
+    "dry_multiplier": (float, typer.Option("--dry-multiplier", help="DRY repetition penalty strength; 0 = off.", rich_help_panel="More samplers")),
+    "dry_base": (float, typer.Option("--dry-base", help="DRY: base of the exponential penalty.", rich_help_panel="More samplers")),
+    "dry_allowed_length": (int, typer.Option("--dry-allowed-length", help="DRY: repeats up to this length are free.", rich_help_panel="More samplers")),
+    "dry_penalty_last_n": (int, typer.Option("--dry-penalty-last-n", help="DRY: tokens of history scanned; -1 = all.", rich_help_panel="More samplers")),
+    "dry_sequence_breaker": (Optional[list[str]], typer.Option("--dry-sequence-breaker", help="DRY: text that breaks a repeat (repeatable). Default: llama.cpp's newline, ':', '\"', '*'.", rich_help_panel="More samplers")),
+    "mirostat": (int, typer.Option("--mirostat", help="2 = mirostat v2 (targets a surprise of tau); 0 = off.", rich_help_panel="More samplers")),
+    "mirostat_tau": (float, typer.Option("--mirostat-tau", "--mirostat-ent", help="Mirostat target surprise (bits).", rich_help_panel="More samplers")),
+    "mirostat_eta": (float, typer.Option("--mirostat-eta", "--mirostat-lr", help="Mirostat learning rate.", rich_help_panel="More samplers")),
+    "dynatemp_range": (float, typer.Option("--dynatemp-range", help="Dynamic temperature: T ± range by the step's entropy; 0 = off.", rich_help_panel="More samplers")),
+    "dynatemp_exponent": (float, typer.Option("--dynatemp-exponent", help="Dynamic temperature exponent.", rich_help_panel="More samplers")),
+    "temperature_end": (Optional[float], typer.Option("--temperature-end", help="Temperature schedule: move from --temperature to this over --temperature-steps tokens.", rich_help_panel="More samplers")),
+    "temperature_steps": (int, typer.Option("--temperature-steps", help="Temperature schedule length in tokens.", rich_help_panel="More samplers")),
+    "temperature_curve": (str, typer.Option("--temperature-curve", help="Temperature schedule: linear or exponential.", rich_help_panel="More samplers")),
+    "epsilon_cutoff": (float, typer.Option("--epsilon-cutoff", help="Drop tokens with p < epsilon (transformers); 0 = off.", rich_help_panel="More samplers")),
+    "eta_cutoff": (float, typer.Option("--eta-cutoff", help="Entropy-scaled cut-off (transformers); 0 = off.", rich_help_panel="More samplers")),
+    "top_a": (float, typer.Option("--top-a", help="Drop tokens with p < top_a · p_max² (text-generation-webui); 0 = off.", rich_help_panel="More samplers")),
+    "no_repeat_ngram_size": (int, typer.Option("--no-repeat-ngram-size", help="Never repeat an n-gram of this size (transformers); 0 = off.", rich_help_panel="More samplers")),
+    "scaled_frequency": (float, typer.Option("--scaled-frequency", help="Frequency penalty as a per-token temperature (>= 1; 1 = off).", rich_help_panel="More samplers")),
+    "scaled_presence": (float, typer.Option("--scaled-presence", help="Presence penalty as a per-token temperature (>= 1; 1 = off).", rich_help_panel="More samplers")),
     "top_n": (int, typer.Option("--top-n", help="Candidates recorded per step.", rich_help_panel="Output")),
 }
+
+
+_LIST_OPTIONS = ("logit_bias", "ban", "dry_sequence_breaker")
 
 
 def with_run_options(func: Callable[..., Any] | None = None, *, exclude: tuple[str, ...] = ()) -> Any:
@@ -156,7 +205,7 @@ def with_run_options(func: Callable[..., Any] | None = None, *, exclude: tuple[s
         inspect.Parameter(
             name,
             inspect.Parameter.KEYWORD_ONLY,
-            default=getattr(defaults, name) if name not in ("logit_bias", "ban") else None,
+            default=getattr(defaults, name) if name not in _LIST_OPTIONS else None,
             annotation=Annotated[annotation, option],
         )
         for name, (annotation, option) in shared_options.items()
@@ -167,8 +216,8 @@ def with_run_options(func: Callable[..., Any] | None = None, *, exclude: tuple[s
     @functools.wraps(func)
     def wrapper(**kwargs: Any) -> Any:
         values = {name: kwargs.pop(name) for name in shared_options}
-        values["logit_bias"] = values.get("logit_bias") or []
-        values["ban"] = values.get("ban") or []
+        for name in _LIST_OPTIONS:
+            values[name] = values.get(name) or []
         with user_errors():
             return func(opts=RunOptions(**values), **kwargs)
 
@@ -212,34 +261,58 @@ def parse_logit_bias(engine: Any, specs: list[str]) -> dict[int, float]:
     return biases
 
 
+_KNOB_FIELDS = (
+    "temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty",
+    "presence_penalty", "penalty_last_n", "min_keep", "top_n_sigma", "xtc_threshold", "xtc_probability",
+    "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "mirostat", "mirostat_tau",
+    "mirostat_eta", "dynatemp_range", "dynatemp_exponent", "temperature_end", "temperature_steps",
+    "temperature_curve", "epsilon_cutoff", "eta_cutoff", "top_a", "no_repeat_ngram_size", "scaled_frequency",
+    "scaled_presence",
+)
+"""RunOptions fields that are SamplerParams fields of the same name."""
+
+
+def base_params(opts: RunOptions) -> Any:
+    """The preset named by --preset (or the defaults), with every flag that differs from its default on top."""
+    from tokenlab.sampling import ORDER_PRESETS, parse_samplers
+
+    if opts.preset is not None:
+        from tokenlab.presets import load_preset
+
+        base = load_preset(opts.preset)
+    else:
+        base = SamplerParams()
+    defaults = RunOptions()
+    changes: dict[str, Any] = {
+        name: getattr(opts, name) for name in _KNOB_FIELDS if getattr(opts, name) != getattr(defaults, name)
+    }
+    if opts.samplers is not None:
+        order = opts.samplers.strip()
+        changes["samplers"] = ORDER_PRESETS[order] if order in ORDER_PRESETS else parse_samplers(order)
+    return base.replace(**changes) if changes else base
+
+
 def sampler_params(opts: RunOptions, engine: Any = None) -> Any:
     """Validated SamplerParams from the flags (token names resolved with the engine's vocabulary)."""
-    from tokenlab.sampling import DEFAULT_ORDER, SamplerParams, parse_samplers
+    from tokenlab.sampling import DRY_DEFAULT_BREAKERS, dry_breaker_sequences
 
-    samplers = parse_samplers(opts.samplers) if opts.samplers is not None else DEFAULT_ORDER
-    logit_bias = parse_logit_bias(engine, opts.logit_bias) if opts.logit_bias else {}
-    ban = tuple(parse_token(engine, spec, "--ban") for spec in opts.ban) if opts.ban else ()
-    return SamplerParams(
-        temperature=opts.temperature,
-        top_k=opts.top_k,
-        top_p=opts.top_p,
-        min_p=opts.min_p,
-        typical_p=opts.typical_p,
-        repeat_penalty=opts.repeat_penalty,
-        frequency_penalty=opts.frequency_penalty,
-        presence_penalty=opts.presence_penalty,
-        penalty_last_n=opts.penalty_last_n,
-        min_keep=opts.min_keep,
-        logit_bias=logit_bias,
-        ban=ban,
-        samplers=samplers,
-    )
+    params = base_params(opts)
+    changes: dict[str, Any] = {}
+    if opts.logit_bias:
+        changes["logit_bias"] = {**params.logit_bias, **parse_logit_bias(engine, opts.logit_bias)}
+    if opts.ban:
+        changes["ban"] = tuple(dict.fromkeys((*params.ban, *(parse_token(engine, spec, "--ban") for spec in opts.ban))))
+    if engine is not None and params.dry_multiplier > 0 and not params.dry_sequence_breakers:
+        breakers = opts.dry_sequence_breaker or list(DRY_DEFAULT_BREAKERS)
+        changes["dry_sequence_breakers"] = dry_breaker_sequences(
+            breakers, lambda text: engine.tokenize(text, add_bos=False, special=False),
+            [engine.piece(i) for i in range(engine.n_vocab)],
+        )
+    return params.replace(**changes) if changes else params
 
 
 def check_options(opts: RunOptions) -> None:
     """Reject out-of-range flags before the model loads (the sampler params validate the rest)."""
-    from tokenlab.sampling import parse_samplers
-
     if opts.max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1, got {opts.max_tokens}")
     if opts.top_n < 1:
@@ -248,8 +321,6 @@ def check_options(opts: RunOptions) -> None:
         raise UserError(f"--seed must be a non-negative integer below 2**63, got {opts.seed}")
     # validate the numeric knobs now, so a bad flag fails fast, before loading a model
     check = RunOptions(**{**opts.__dict__, "logit_bias": [], "ban": []})
-    if opts.samplers is not None:
-        parse_samplers(opts.samplers)
     sampler_params(check)
 
 
@@ -357,6 +428,7 @@ def inspect_command(
     prompt: Annotated[str, typer.Argument(help="Text whose next token to inspect ('-' reads standard input).", show_default=False)],
     *,
     output_format: Annotated[InspectFormat, typer.Option("--format", "-f", help="table (rich) or json.", rich_help_panel="Output")] = InspectFormat.table,
+    stages: Annotated[bool, typer.Option("--stages", help="Show the distribution after every stage: survivors, mass kept, cut-off, the top candidates moving from stage to stage.", rich_help_panel="Output")] = False,
     opts: RunOptions,
 ) -> None:
     """Show the next-token distribution after PROMPT: the top candidates and what each stage kept."""
@@ -368,8 +440,13 @@ def inspect_command(
     frontier = generation.frontier()
     candidates = frontier.candidates(engine.token_text, opts.top_n)
     result = frontier.result
-    stages = [{"name": stage.name, "kept": int(stage.n_kept)} for stage in result.stages]
+    stage_rows = [{"name": stage.name, "kept": int(stage.n_kept)} for stage in result.stages]
     final_entropy = max(0.0, result.final_entropy_bits)
+    view = None
+    if stages:
+        from tokenlab.lab.stages import stage_view
+
+        view = stage_view(result, frontier.raw, [c.id for c in candidates[:10]], engine.token_text)
     if output_format is InspectFormat.json:
         payload = {
             "model": engine.name,
@@ -379,13 +456,15 @@ def inspect_command(
             "final_entropy": final_entropy,
             "entropy_unit": "bits",
             "survivors": int(result.final_ids.shape[0]),
-            "stages": stages,
+            "stages": view.to_json()["stages"] if view is not None else stage_rows,
         }
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
         return
     console = Console(highlight=False)
     console.print(candidates_table(candidates, title=f"next token after the prompt · {engine.name}"))
-    pipeline = " → ".join(f"{stage['name']} ({stage['kept']:,})" for stage in stages) or "(no stage active)"
+    if view is not None:
+        print_stage_view(console, view)
+    pipeline = " → ".join(f"{stage['name']} ({stage['kept']:,})" for stage in stage_rows) or "(no stage active)"
     console.print(f"vocabulary {engine.n_vocab:,} → {pipeline}")
     console.print(
         f"entropy: raw {frontier.raw.entropy_bits:.3f} bits · final {final_entropy:.3f} bits · "
@@ -550,6 +629,47 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False) -> None:
         return Engine(path, engine_options)
 
     TokenLabApp(load, settings).run()
+
+
+def print_stage_view(console: Console, view: Any) -> None:
+    """Two rich tables: what each stage kept, and the top candidates' probability after each stage."""
+    from rich import box
+    from rich.table import Table
+
+    from tokenlab.engine.text import visible
+
+    summary = Table(title="stage by stage", title_justify="left", box=box.SIMPLE_HEAD)
+    summary.add_column("#", justify="right")
+    summary.add_column("stage")
+    summary.add_column("kept", justify="right")
+    summary.add_column("mass kept", justify="right")
+    summary.add_column("cut-off")
+    summary.add_row("", "raw", f"{view.n_vocab:,}", "1.0000", "")
+    for index, row in enumerate(view.rows, start=1):
+        extra = ""
+        for key in ("effective_temperature", "mu", "sigma", "fired"):
+            if key in row.details:
+                value = row.details[key]
+                extra = f" {key.replace('_', ' ')} {value:.3g}" if isinstance(value, float) else f" {key} {value}"
+        summary.add_row(str(index), row.name, f"{row.kept:,}", f"{row.mass_kept:.4f}", row.cutoff + extra)
+    console.print(summary)
+    moves = Table(title="top candidates through the stages", title_justify="left", box=box.SIMPLE_HEAD)
+    moves.add_column("token")
+    moves.add_column("raw", justify="right")
+    for row in view.rows:
+        moves.add_column(row.name, justify="right")
+    for column, (text, raw) in enumerate(zip(view.candidate_texts, view.raw_probs)):
+        cells = []
+        removed = False
+        for row in view.rows:
+            probability = row.probs[column]
+            if probability == 0.0 and not removed:
+                cells.append(Text("✗", style="red"))
+                removed = True
+            else:
+                cells.append(Text("" if removed else f"{probability:.4f}"))
+        moves.add_row(f"'{visible(text)}'", f"{raw:.4f}", *cells)
+    console.print(moves)
 
 
 @app.callback(invoke_without_command=True)

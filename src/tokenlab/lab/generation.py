@@ -18,7 +18,7 @@ STOP_CONTEXT_FULL = "context_full"
 
 
 def step_rng(seed: int, index: int) -> np.random.Generator:
-    """The random generator for step `index` of a run with `seed`.
+    """The random generator for step `index` of a run with `seed` (what Frontier.rng starts as).
 
     Each step draws from its own stream, seeded by (seed, index), so a run is reproducible and a
     branch that forces a token at step i continues exactly as a fresh run with that prefix would.
@@ -122,8 +122,11 @@ class Generation:
             logits = self.engine.evaluate(context)
             if self._pipeline is None or self._pipeline.params is not self.params:
                 self._pipeline = Pipeline(self.params)
+            index = len(self.steps)
             self._frontier = Frontier(logits=logits, history=tuple(context), params=self.params,
-                                      pipeline=self._pipeline)
+                                      pipeline=self._pipeline, rng_key=(self.seed, index),
+                                      state=self.steps[-1].sampler_state if self.steps else None,
+                                      step_index=index)
         elif self._frontier.params != self.params:
             self._frontier.resample(self.params)
         return self._frontier
@@ -148,7 +151,7 @@ class Generation:
         if self.started_at is None:
             self.started_at = started
         frontier = self.frontier()
-        token_id = frontier.result.draw(step_rng(self.seed, len(self.steps)))
+        token_id = frontier.draw()
         step = self._record(frontier, token_id, forced=False)
         self.elapsed += time.perf_counter() - started
         return step
@@ -231,6 +234,7 @@ class Generation:
             top=top,
             forced=forced,
             eog=eog,
+            sampler_state=result.next_state(token_id) or None,
         )
         self.steps.append(step)
         self._frontier = None

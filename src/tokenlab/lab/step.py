@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,8 @@ class Step:
     """True when the user chose this token instead of the sampler."""
     eog: bool = False
     """True when the token ends generation (EOS, EOT)."""
+    sampler_state: Mapping[str, object] | None = None
+    """The stateful samplers' state after this token (mirostat's mu), for the next step and for rewinds."""
 
     def to_json(self) -> dict[str, Any]:
         """The step as the JSON object `tokenlab generate --format jsonl` prints."""
@@ -83,6 +86,7 @@ class Step:
             "final_entropy": self.final_entropy,
             "forced": self.forced,
             "eog": self.eog,
+            **({"sampler_state": dict(self.sampler_state)} if self.sampler_state else {}),
             "top": [
                 {"id": c.id, "text": c.text, "prob": c.prob, "final_prob": c.final_prob,
                  "removed_by": c.removed_by}
@@ -108,13 +112,27 @@ class Frontier:
     params: SamplerParams
     pipeline: Pipeline | None = None
     """A Pipeline built from `params` to reuse (building one per step costs more than running it)."""
+    rng_key: tuple[int, ...] = (0,)
+    """Seed of this step's random stream: stochastic stages (XTC) and the draw both use it, afresh on
+    every (re-)run, so re-sampling with the same knobs always decides the same way."""
+    state: Mapping[str, object] | None = None
+    """Stateful samplers' state before this step (None: the initial state)."""
+    step_index: int = 0
+    """Generated tokens before this step (temperature schedules count from here)."""
     result: PipelineResult = field(init=False)
+    rng: np.random.Generator = field(init=False, repr=False)
     _raw: RawStats | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.pipeline is None or self.pipeline.params is not self.params:
             self.pipeline = Pipeline(self.params)
-        self.result = self.pipeline.run(self.logits, self.history)
+        self._run()
+
+    def _run(self) -> None:
+        assert self.pipeline is not None
+        self.rng = np.random.default_rng(self.rng_key)
+        self.result = self.pipeline.run(self.logits, self.history, rng=self.rng, state=self.state,
+                                        step_index=self.step_index)
 
     @property
     def raw(self) -> RawStats:
@@ -128,8 +146,12 @@ class Frontier:
         if params != self.params:
             self.params = params
             self.pipeline = Pipeline(params)
-            self.result = self.pipeline.run(self.logits, self.history)
+            self._run()
         return self.result
+
+    def draw(self) -> int:
+        """Draw this step's token from the final distribution with the step's random stream."""
+        return self.result.draw(self.rng)
 
     def top_ids(self, n: int) -> np.ndarray:
         """Ids of the n most likely tokens by raw logit, most likely first."""
