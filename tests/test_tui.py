@@ -361,3 +361,53 @@ async def test_score_screen_colours_a_pasted_text(finished_engine) -> None:
         assert screen.cursor == len(screen.steps) - 1
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, LabScreen))
+
+
+async def test_stage_view_presets_and_stage_order(finished_engine, tmp_path, monkeypatch) -> None:
+    from tokenlab.tui.screens.dialogs import PresetScreen, StageScreen
+
+    monkeypatch.setenv("TOKENLAB_CONFIG", str(tmp_path))
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("n", "n")
+        await wait_for(pilot, lambda: len(lab.steps) == 2 and lab.frontier is not None and lab.frontier.index == 2)
+
+        await pilot.press("i")  # the live next step
+        await wait_for(pilot, lambda: isinstance(app.screen, StageScreen))
+        view = app.screen._view
+        assert [row.name for row in view.rows] == ["ban", "top_k", "top_p", "min_p", "temperature"]
+        assert view.rows[1].kept == 40 and all(0 < row.mass_kept <= 1 for row in view.rows)
+        await pilot.press("escape")
+        await pilot.press("left", "left", "i")  # step 0, recomputed from its logits
+        await wait_for(pilot, lambda: isinstance(app.screen, StageScreen))
+        assert app.screen._index == 0 and app.screen._view.candidate_texts[0] == " Paris"
+        await pilot.press("escape")
+        await pilot.press("end")
+
+        await pilot.press("t", "right_curly_bracket")  # temperature moves after mirostat_v2...
+        assert lab.params.samplers[-2:] == ("mirostat_v2", "temperature")
+        await pilot.press("left_curly_bracket")  # ...and back
+        await pilot.press("left_curly_bracket")
+        assert lab.params.samplers.index("temperature") < lab.params.samplers.index("xtc")
+
+        await pilot.press("P")
+        await wait_for(pilot, lambda: isinstance(app.screen, PresetScreen))
+        app.screen.query_one(Input).value = "my knobs"
+        app.screen.query_one(Input).focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: (tmp_path / "presets.toml").exists())
+        await pilot.press("P")
+        await wait_for(pilot, lambda: isinstance(app.screen, PresetScreen))
+        options = app.screen.query_one(OptionList)
+        options.highlighted = [options.get_option_at_index(i).id for i in range(options.option_count)].index("greedy")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: lab.frontier is not None and lab.frontier.params.temperature == 0.0)
+        assert lab.frontier.survivors == 1
+        from tokenlab.presets import load_preset
+
+        saved = load_preset("my knobs")
+        assert saved.samplers.index("temperature") < saved.samplers.index("xtc")

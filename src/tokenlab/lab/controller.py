@@ -21,7 +21,7 @@ from tokenlab.engine import Engine, EngineError
 from tokenlab.lab.generation import Generation
 from tokenlab.lab.step import Candidate, Frontier, Step
 from tokenlab.lab.tree import GenerationTree, Segment, segments
-from tokenlab.sampling import SamplerParams
+from tokenlab.sampling import PipelineResult, SamplerParams
 
 TREE_CHILDREN = 8
 """Children shown per fork in the tree view (the most run ones), so 64 rollouts stay readable."""
@@ -106,6 +106,8 @@ class FrontierView(LabEvent):
     survivors: int
     stages: tuple[tuple[str, int], ...]
     """(stage name, tokens kept) for every stage that ran."""
+    live: tuple[tuple[str, float], ...] = ()
+    """Values the knobs do not show by themselves: the scheduled/dynamic temperature, mirostat's mu."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,26 @@ class LabSettings:
 def log_ranks(n_vocab: int, points: int = CURVE_POINTS) -> np.ndarray:
     """0-based ranks spaced evenly on a log axis from the top token to the last one."""
     return np.unique(np.round(np.geomspace(1, n_vocab, points)).astype(np.int64) - 1)
+
+
+def live_values(result: PipelineResult) -> list[tuple[str, float]]:
+    """(knob name, value now) for knobs whose effect changes from step to step."""
+    values = []
+    for report in result.stages:
+        params = report.params
+        if report.name == "temperature" and "effective_temperature" in params:
+            values.append(("temperature", float(params["effective_temperature"])))  # type: ignore[arg-type]
+        if report.name.startswith("mirostat") and "mu" in params:
+            values.append(("mirostat_tau", float(params["mu"])))  # type: ignore[arg-type]
+    return values
+
+
+@dataclass(frozen=True)
+class StageViewReady(LabEvent):
+    """The stage-by-stage view of one step (recomputed on request)."""
+
+    index: int
+    view: Any = field(compare=False)
 
 
 class LabController:
@@ -368,6 +390,7 @@ class LabController:
             final_entropy=max(0.0, result.final_entropy_bits),
             survivors=int(result.final_ids.shape[0]),
             stages=tuple((stage.name, int(stage.n_kept)) for stage in result.stages),
+            live=tuple(live_values(result)),
         )
 
     # -- command handlers (controller thread) -----------------------------------------------------
@@ -509,6 +532,32 @@ class LabController:
             self._cmd_pause()
         result = score_text(self.engine, text, top_n=self.settings.top_n)
         self.emit(ScoreReady(scored_steps(result), result.summary()))
+
+    def _cmd_stage_view(self, index: int, n: int = 8) -> None:
+        """The distribution after every stage at step `index` (len(steps) = the next step), current knobs."""
+        from tokenlab.lab.stages import stage_view
+
+        generation = self.generation
+        assert generation is not None and self.engine is not None
+        if self.running:
+            self._cmd_pause()
+        if index >= len(generation.steps):
+            frontier = generation.frontier()
+        else:
+            # an earlier step: its logits again (the KV cache keeps the prefix; continuing later decodes
+            # only what comes after it), through today's knobs with that step's sampler state
+            context = [*generation.prompt_tokens, *(step.id for step in generation.steps[:index])]
+            frontier = Frontier(logits=self.engine.evaluate(context), history=tuple(context),
+                                params=self.settings.params, rng_key=(generation.seed, index),
+                                state=generation.steps[index - 1].sampler_state if index else None,
+                                step_index=index)
+        ids = [int(i) for i in frontier.top_ids(n)]
+        if index < len(generation.steps) and generation.steps[index].id not in ids:
+            ids.append(generation.steps[index].id)
+        for token_id in self.hot_tokens:
+            if token_id not in ids:
+                ids.append(token_id)
+        self.emit(StageViewReady(index, stage_view(frontier.result, frontier.raw, ids, self.engine.token_text)))
 
     def _cmd_frontier(self) -> None:
         self._emit_frontier()

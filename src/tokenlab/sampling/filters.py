@@ -94,7 +94,14 @@ class TopNSigma(Stage):
             return StageOutcome(candidates)
         logits = candidates.logits
         sigma = finite_std(logits)
-        threshold = candidates.max_logit() - self.n * sigma
+        top = candidates.max_logit()
+        spread = self.n * sigma
+        if top == math.inf:
+            threshold = math.inf  # only the +inf tokens survive (they hold all the mass anyway)
+        elif not math.isfinite(spread):
+            threshold = -math.inf  # a spread past float range keeps everything
+        else:
+            threshold = top - spread
         after = candidates.keep_where(logits >= np.float64(threshold))
         if after.count() < min(self.min_keep, alive):
             after = candidates.top(self.min_keep)

@@ -15,6 +15,7 @@ from textual.widgets import Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
 from tokenlab.engine.text import visible
+from tokenlab.lab.stages import StageView
 from tokenlab.lab.step import Step
 from tokenlab.lab.tree import Segment
 from tokenlab.sampling import SamplerParams
@@ -265,6 +266,84 @@ class TreeScreen(ModalScreen[tuple[int, ...] | None]):
     @on(OptionList.OptionSelected)
     def selected(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self._rows[int(event.option.id or 0)].path)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class StageScreen(ModalScreen[None]):
+    """Stage by stage at one step: survivors, mass kept and cut-off per stage, candidates moving through."""
+
+    BINDINGS = [Binding("escape,i,q", "dismiss", "Close", tooltip="Back to the lab")]
+
+    def __init__(self, index: int, view: StageView) -> None:
+        super().__init__()
+        self._index = index
+        self._view = view
+
+    def compose(self) -> ComposeResult:
+        view = self._view
+        summary = Table(box=None, padding=(0, 1, 0, 0))
+        for column, justify in (("stage", "left"), ("kept", "right"), ("mass", "right"), ("cut-off", "left")):
+            summary.add_column(column, justify=justify, style="bold" if column == "stage" else "")  # type: ignore[arg-type]
+        summary.add_row("raw", f"{view.n_vocab:,}", "1.000", "")
+        for row in view.rows:
+            extra = ""
+            if "effective_temperature" in row.details:
+                extra = f"T {float(row.details['effective_temperature']):.3g}"  # type: ignore[arg-type]
+            if "mu" in row.details:
+                extra = f"mu {float(row.details['mu']):.3g}"  # type: ignore[arg-type]
+            summary.add_row(row.name, f"{row.kept:,}", f"{row.mass_kept:.3f}", (row.cutoff + " " + extra).strip()[:60])
+        moves = Table(box=None, padding=(0, 1, 0, 0))
+        moves.add_column("token", no_wrap=True)
+        moves.add_column("raw", justify="right")
+        for row in view.rows:
+            moves.add_column(row.name[:8], justify="right")
+        for column, (text, raw) in enumerate(zip(view.candidate_texts, view.raw_probs)):
+            cells: list[Text] = []
+            removed = False
+            for row in view.rows:
+                probability = row.probs[column]
+                if probability == 0.0 and not removed:
+                    cells.append(Text("✗", style="red"))
+                    removed = True
+                else:
+                    cells.append(Text("" if removed else f"{probability:.3f}", style="dim" if removed else ""))
+            moves.add_row(f"'{visible(text)[:14]}'", f"{raw:.3f}", *cells)
+        with Vertical(id="stage-box", classes="dialog"):
+            yield Label(f"[b]Stage by stage[/b] — step {self._index} with the current knobs · escape closes")
+            yield Static(summary)
+            yield Label("")
+            yield Static(moves)
+
+
+class PresetScreen(ModalScreen[tuple[str, str] | None]):
+    """Load a preset of all knobs (built-in or saved), or save the current knobs under a name."""
+
+    BINDINGS = [Binding("escape", "cancel", "Close", tooltip="Back to the lab")]
+
+    def __init__(self, presets: dict[str, str]) -> None:
+        super().__init__()
+        self._presets = presets
+
+    def compose(self) -> ComposeResult:
+        options = [Option(Text.assemble((name, "bold"), f"  {kind}"), id=name) for name, kind in self._presets.items()]
+        with Vertical(id="preset-box", classes="dialog"):
+            yield Label("[b]Presets[/b] — enter loads one · type a name below and enter to save the current knobs")
+            yield OptionList(*options, id="preset-list")
+            yield Input(placeholder="save the current knobs as…", id="preset-name")
+
+    def on_mount(self) -> None:
+        self.query_one(OptionList).focus()
+
+    @on(OptionList.OptionSelected)
+    def selected(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(("load", event.option.id or ""))
+
+    @on(Input.Submitted)
+    def submitted(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self.dismiss(("save", event.value.strip()))
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -8,6 +8,7 @@ the screen happens in the handlers below, on the UI thread.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -27,10 +28,11 @@ from tokenlab.lab.controller import (
     StateChanged,
     StepsAdded,
     ScoreReady,
+    StageViewReady,
     TokenResolved,
     TreeChanged,
 )
-from tokenlab.lab.knobs import KNOBS, nudge, reset_knob, toggle_stage, with_bias
+from tokenlab.lab.knobs import KNOBS, move_stage, nudge, reset_knob, toggle_stage, with_bias
 from tokenlab.lab.step import Candidate, Step
 from tokenlab.render import COLOUR_MODES, mode_legend
 from tokenlab.sampling import SamplerParams
@@ -40,7 +42,9 @@ from tokenlab.tui.screens.dialogs import (
     HistoryScreen,
     LineInput,
     PromptEditor,
+    PresetScreen,
     RunRecord,
+    StageScreen,
     TreeScreen,
 )
 from tokenlab.tui.widgets import CandidatesTable, DistributionStrip, KnobPanel, PromptBar, StatusLine, TokenView
@@ -91,6 +95,10 @@ class LabScreen(Screen[None]):
         Binding("p", "knob('top_p')", "Top-p", show=False, tooltip="Select the top-p knob"),
         Binding("m", "knob('min_p')", "Min-p", show=False, tooltip="Select the min-p knob"),
         Binding("y", "knob('typical_p')", "Typical-p", show=False, tooltip="Select the typical-p knob"),
+        Binding("left_curly_bracket", "move_stage(-1)", "Stage earlier", show=False, tooltip="Move the selected knob's stage earlier in the order"),
+        Binding("right_curly_bracket", "move_stage(1)", "Stage later", show=False, tooltip="Move the selected knob's stage later in the order"),
+        Binding("i", "stage_view", "Stages", tooltip="The distribution after every stage at the inspected step"),
+        Binding("P", "presets", "Presets", show=False, tooltip="Load a preset of all knobs, or save the current ones"),
         Binding("h", "hot_token", "Hot token", show=False, tooltip="Pick a token to boost or suppress with +/-"),
         Binding("S", "set_seed", "Seed", show=False, tooltip="Set the random seed (restarts the run)"),
         Binding("left_square_bracket", "candidate(-1)", "Cand. up", show=False, tooltip="Select the candidate above"),
@@ -211,6 +219,8 @@ class LabScreen(Screen[None]):
             from tokenlab.tui.screens.score import ScoreScreen
 
             self.app.push_screen(ScoreScreen(event.steps, event.summary))
+        elif isinstance(event, StageViewReady):
+            self.app.push_screen(StageScreen(event.index, event.view))
         elif isinstance(event, TreeChanged):
             self.branch_tree = event
         elif isinstance(event, StateChanged):
@@ -288,8 +298,9 @@ class LabScreen(Screen[None]):
         elif cursor is not None and cursor < len(steps):
             strip.show_step(steps[cursor], width)
         hot_bias = self.params.logit_bias.get(self.hot[0], 0.0) if self.hot else 0.0
+        live = self.frontier.live if self.frontier is not None and self.viewing is None else ()
         self.query_one(KnobPanel).show(self.params, self.selected_knob, hot_text=self.hot[1] if self.hot else None,
-                                       hot_bias=hot_bias, seed=self.seed, max_tokens=self.max_tokens)
+                                       hot_bias=hot_bias, live=live)
         self.query_one(PromptBar).show(self.prompt, self.model_name, self.chat)
         state = "running" if self.running else ("stopped" if self.stop_reason else "paused")
         if not self.model_ready:
@@ -428,7 +439,13 @@ class LabScreen(Screen[None]):
 
     # -- actions: knobs ------------------------------------------------------------------------------
 
-    def _set_params(self, params: SamplerParams) -> None:
+    def _set_params(self, params: SamplerParams | Callable[[], SamplerParams]) -> None:
+        if callable(params):
+            try:
+                params = params()
+            except ValueError as exc:  # e.g. an exponential schedule cannot reach temperature 0
+                self.notify(str(exc), severity="warning")
+                return
         self.params = params
         self.controller.send("set_params", params)
         self.refresh_view()
@@ -449,19 +466,61 @@ class LabScreen(Screen[None]):
             bias = self.params.logit_bias.get(self.hot[0], 0.0) + steps * (HOT_COARSE if coarse else HOT_FINE)
             self._set_params(with_bias(self.params, self.hot[0], round(bias, 3)))
             return
-        self._set_params(nudge(self.params, KNOBS[self.selected_knob].name, steps, coarse=coarse))
+        self._set_params(lambda: nudge(self.params, KNOBS[self.selected_knob].name, steps, coarse=coarse))
 
     def action_reset_knob(self) -> None:
         if self.selected_knob == len(KNOBS):
             if self.hot is not None:
                 self._set_params(with_bias(self.params, self.hot[0], 0.0))
             return
-        self._set_params(reset_knob(self.params, KNOBS[self.selected_knob].name))
+        self._set_params(lambda: reset_knob(self.params, KNOBS[self.selected_knob].name))
 
     def action_toggle_stage(self) -> None:
         if self.selected_knob == len(KNOBS):
             return
-        self._set_params(toggle_stage(self.params, KNOBS[self.selected_knob].stage))
+        self._set_params(lambda: toggle_stage(self.params, KNOBS[self.selected_knob].stage))
+
+    def action_move_stage(self, delta: int) -> None:
+        if self.selected_knob == len(KNOBS):
+            return
+        stage = KNOBS[self.selected_knob].stage
+        if stage not in self.params.samplers:
+            self.notify(f"{stage} is switched off (o switches it on)", severity="warning")
+            return
+        self._set_params(move_stage(self.params, stage, delta))
+        order = " › ".join(self.params.samplers)
+        self.notify(f"order: {order}", timeout=4)
+
+    def action_stage_view(self) -> None:
+        cursor = self.effective_cursor()
+        if cursor is None or self.viewing is not None:
+            self.notify("pause on a step of the live run to see its stages", severity="warning")
+            return
+        self.controller.send("stage_view", cursor)
+
+    def action_presets(self) -> None:
+        from tokenlab.presets import PresetError, list_presets, load_preset, save_preset
+
+        def chosen(result: tuple[str, str] | None) -> None:
+            if result is None:
+                return
+            action, name = result
+            try:
+                if action == "save":
+                    path = save_preset(name, self.params)
+                    self.notify(f"saved preset {name!r} to {path}")
+                else:
+                    self._set_params(load_preset(name))
+                    self.notify(f"loaded preset {name!r}")
+            except (PresetError, ValueError, OSError) as exc:
+                self.notify(str(exc), severity="error", timeout=8)
+
+        try:
+            presets = list_presets()
+        except PresetError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        self.app.push_screen(PresetScreen(presets), chosen)
 
     def action_hot_token(self) -> None:
         def picked(text: str | None) -> None:

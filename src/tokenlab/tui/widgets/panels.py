@@ -15,7 +15,7 @@ from tokenlab.lab.step import Candidate, Step
 from tokenlab.render import heat_color, prob_heat, sparkline
 from tokenlab.sampling import SamplerParams
 
-TOKEN_WIDTH = 14
+TOKEN_WIDTH = 13
 
 
 def short_token(text: str, width: int = TOKEN_WIDTH) -> str:
@@ -78,7 +78,7 @@ class CandidatesTable(Panel):
             if removed:
                 line.append(candidate.removed_by or "", style="dim")
             else:
-                line.append("█" * round(candidate.final_prob * 8),
+                line.append("█" * round(candidate.final_prob * 5),
                             style=heat_color(prob_heat(candidate.final_prob)))
             text.append_text(line)
             text.append("\n")
@@ -94,34 +94,57 @@ class CandidatesTable(Panel):
 
 
 class KnobPanel(Panel):
-    """Every knob of the pipeline with its value; the selected one marked, switched-off stages dimmed."""
+    """Every knob of the pipeline with its value; the selected one marked, switched-off stages dimmed.
 
-    LAYOUT_ON_UPDATE = True
+    There are more knobs than rows on a small terminal, so the panel shows a window that follows the
+    selected knob, with "more" marks above and below.
+    """
 
-    def show(self, params: SamplerParams, selected: int, *, hot_text: str | None, hot_bias: float, seed: int,
-             max_tokens: int) -> None:
-        """Render the knobs (the last row is the hot token's bias)."""
-        if self.unchanged((params, selected, hot_text, hot_bias, seed, max_tokens)):
+    def show(self, params: SamplerParams, selected: int, *, hot_text: str | None, hot_bias: float,
+             live: tuple[tuple[str, float], ...] = ()) -> None:
+        """Render the knobs (the last row is the hot token's bias); `live` adds values that move per step."""
+        rows_available = max(3, (self.content_region.height or len(KNOBS) + 1))
+        if self.unchanged((params, selected, hot_text, hot_bias, live, rows_available)):
             return
-        text = Text()
+        now = dict(live)
+        lines: list[Text] = []
         for index, knob in enumerate(KNOBS):
             enabled = stage_enabled(params, knob.stage)
             mark = "▸" if index == selected else " "
             value = knob.format(knob_value(params, knob.name)) if enabled else "off"
-            line = Text(f"{mark} {knob.label:<15}{value:>7}")
+            extra = ""
+            if knob.name in now and enabled:
+                shown = knob.format(now[knob.name]) if knob.name != "mirostat_tau" else f"{now[knob.name]:.2f}"
+                if shown != value:
+                    extra = f" {'μ' if knob.name == 'mirostat_tau' else '→'}{shown}"
+            line = Text(f"{mark} {knob.label:<16}{value:>7}{extra}")
             if index == selected:
                 line.stylize("bold reverse")
             elif not enabled:
                 line.stylize("dim")
-            text.append_text(line)
-            text.append("\n")
+            lines.append(line)
         mark = "▸" if selected == len(KNOBS) else " "
         token = short_token(hot_text, 10) if hot_text is not None else "(h: pick)"
-        line = Text(f"{mark} hot {token:<11}{hot_bias:>+7.1f}")
+        line = Text(f"{mark} hot {token:<12}{hot_bias:>+7.1f}")
         if selected == len(KNOBS):
             line.stylize("bold reverse")
-        text.append_text(line)
-        self.show_content(text)
+        lines.append(line)
+        if len(lines) > rows_available:
+            window = rows_available - 2
+            start = max(0, min(selected - window // 2, len(lines) - window))
+            if start == 0:
+                window += 1  # no "more above" line needed
+            below = len(lines) - start - window
+            if below <= 0:
+                window += 1
+                start = max(0, len(lines) - window)
+                below = 0
+            shown_lines = [Text(f"  ▲ {start} more", style="dim")] if start else []
+            shown_lines += lines[start:start + window]
+            if below > 0:
+                shown_lines.append(Text(f"  ▼ {below} more", style="dim"))
+            lines = shown_lines
+        self.show_content(Text("\n").join(lines))
 
 
 class DistributionStrip(Panel):

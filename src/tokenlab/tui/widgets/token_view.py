@@ -38,6 +38,7 @@ class TokenView(ScrollView, can_focus=True):
     DEFAULT_CSS = """
     TokenView {
         padding: 0 1;
+        overflow-x: hidden;
     }
     """
 
@@ -160,8 +161,11 @@ class TokenView(ScrollView, can_focus=True):
         # Growing the virtual size relayouts the whole screen, so grow it in steps, not line by line.
         lines = len(self._lines)
         height = self.virtual_size.height
-        if lines > height or lines + 2 * VIRTUAL_HEADROOM < height or self.virtual_size.width != width:
-            self.virtual_size = Size(width, lines + VIRTUAL_HEADROOM)
+        visible = self.scrollable_content_region.height or 1
+        wanted = visible if lines <= visible else lines + VIRTUAL_HEADROOM  # no scroll bar until it is needed
+        if lines > height or wanted + VIRTUAL_HEADROOM < height or self.virtual_size.width != width \
+                or (lines <= visible and height != visible):
+            self.virtual_size = Size(width, wanted)
         self.refresh()
 
     def follow(self) -> None:
