@@ -224,15 +224,23 @@ def bench_pipeline(n_vocab: int, iterations: int) -> None:
         "greedy": SamplerParams(temperature=0),
         "top_k off (full sort for top_p)": SamplerParams(top_k=0),
         "all filters off (T=0.8)": SamplerParams(top_k=0, top_p=1.0, min_p=0.0),
+        "full catalogue (every stage on)": SamplerParams(
+            repeat_penalty=1.1, frequency_penalty=0.1, presence_penalty=0.1, scaled_frequency=1.1,
+            scaled_presence=1.1, no_repeat_ngram_size=3, dry_multiplier=0.8,
+            dry_sequence_breakers=((int(rng.integers(0, n_vocab)),),), top_n_sigma=3.0, typical_p=0.95,
+            epsilon_cutoff=1e-4, eta_cutoff=1e-4, top_a=0.1, xtc_probability=0.5, xtc_threshold=0.1,
+            dynatemp_range=0.3, temperature_end=0.5, temperature_steps=50,
+        ),
+        "mirostat v2 preset": SamplerParams.from_preset("mirostat"),
     }
     print(f"\n== pipeline on a {n_vocab:,}-token float32 row, {iterations} iterations (median, ms/step)")
     draw_rng = np.random.default_rng(1)
     for label, params in cases.items():
         pipeline = Pipeline(params)
         times = []
-        for _ in range(iterations):
+        for index in range(iterations):
             started = time.perf_counter()
-            pipeline.run(logits, history).draw(draw_rng)
+            pipeline.run(logits, history, rng=draw_rng, step_index=index % 100).draw(draw_rng)
             times.append(time.perf_counter() - started)
         print(f"  {label:40s} {statistics.median(times) * 1e3:7.3f} ms   (p90 {np.percentile(times, 90) * 1e3:.3f})")
     times = []
