@@ -411,3 +411,32 @@ async def test_stage_view_presets_and_stage_order(finished_engine, tmp_path, mon
 
         saved = load_preset("my knobs")
         assert saved.samplers.index("temperature") < saved.samplers.index("xtc")
+
+
+async def test_rollouts_key_lands_branches_in_the_tree_and_can_be_cancelled(finished_engine) -> None:
+    from tokenlab.tui.screens.dialogs import RolloutScreen
+
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("R")
+        await wait_for(pilot, lambda: lab.rollout_progress is not None and lab.rollout_progress[0] > 0)
+        await wait_for(pilot, lambda: isinstance(app.screen, RolloutScreen), timeout=120)
+        result = app.screen.result
+        assert len(result.rollouts) == 64 and not result.cancelled
+        assert result.check.p_value is None or result.check.p_value > 1e-6
+        tree = app.controller.tree
+        assert tree.runs == 64 and sum(group.count for group in result.groups) == 64
+        assert all(len(row.path) >= 1 for row in lab.branch_tree.segments)
+        assert max(row.depth for row in lab.branch_tree.segments) >= 1
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, LabScreen))
+
+        await pilot.press("R")
+        await wait_for(pilot, lambda: lab.rollout_progress is not None and lab.rollout_progress[0] > 0)
+        await pilot.press("R")  # cancel
+        await wait_for(pilot, lambda: isinstance(app.screen, RolloutScreen), timeout=120)
+        assert app.screen.result.cancelled

@@ -8,6 +8,7 @@ messages. No UI code here: tests drive the same controller directly.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -188,6 +189,22 @@ class StageViewReady(LabEvent):
     view: Any = field(compare=False)
 
 
+@dataclass(frozen=True)
+class RolloutProgress(LabEvent):
+    """Rollouts under way: steps done of the total."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class RolloutsReady(LabEvent):
+    """Rollouts from step `index` finished (or were cancelled); they are in the tree as branches."""
+
+    index: int
+    result: Any = field(compare=False)
+
+
 class LabController:
     """Owns the engine and the current Generation; applies commands between steps."""
 
@@ -217,6 +234,8 @@ class LabController:
         self._quit = False
         self._counted = False
         """Whether the current run is already counted in the tree."""
+        self.cancel_rollouts = threading.Event()
+        """Set from any thread to stop rollouts under way (checked before every batch step)."""
         self.stopped = threading.Event()
         """Set when serve() has returned (the engine is free again)."""
 
@@ -558,6 +577,47 @@ class LabController:
             if token_id not in ids:
                 ids.append(token_id)
         self.emit(StageViewReady(index, stage_view(frontier.result, frontier.raw, ids, self.engine.token_text)))
+
+    def _cmd_rollouts(self, index: int, n: int, length: int) -> None:
+        """Sample n continuations of `length` tokens from step `index` in one batch; add them to the tree."""
+        from tokenlab.engine import Utf8Stream
+        from tokenlab.lab.rollouts import run_rollouts
+
+        generation = self.generation
+        assert generation is not None and self.engine is not None
+        if self.running:
+            self._cmd_pause()
+        index = max(0, min(index, len(generation.steps)))
+        prefix = generation.steps[:index]
+        context = [*generation.prompt_tokens, *(step.id for step in prefix)]
+        self.cancel_rollouts.clear()
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if now - last[0] >= self.batch_interval or done == total:
+                last[0] = now
+                self.emit(RolloutProgress(done, total))
+
+        result = run_rollouts(self.engine, context, self.settings.params, n=n, length=length,
+                              seed=generation.seed, top_n=self.settings.top_n, progress=progress,
+                              cancel=self.cancel_rollouts.is_set, first_step=index,
+                              state=prefix[-1].sampler_state if prefix else None)
+        for rollout in result.rollouts:
+            stream = Utf8Stream()
+            for step in prefix:
+                stream.push(self.engine.piece(step.id))
+            steps = list(prefix)
+            for offset, (token_id, final_prob) in enumerate(zip(rollout.ids, rollout.final_probs)):
+                eog = self.engine.is_eog(token_id)
+                text = "" if eog else stream.push(self.engine.piece(token_id))
+                steps.append(Step(index=index + offset, id=token_id, piece=self.engine.token_text(token_id),
+                                  text=text, logit=math.nan, prob=math.nan, final_prob=final_prob, rank=0,
+                                  entropy=math.nan, final_entropy=math.nan, top=(), eog=eog))
+            self.tree.add(steps, stop_reason="eos" if rollout.eog else "rollout")
+        self._emit_tree()
+        self.emit(RolloutsReady(index, result))
+        self._emit_frontier()
 
     def _cmd_frontier(self) -> None:
         self._emit_frontier()

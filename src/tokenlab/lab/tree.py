@@ -188,7 +188,8 @@ def segments(tree: GenerationTree, *, max_children: int | None = None) -> list[S
         assert first.step is not None
         path = tuple(step.id for step in node.path())
         children = list(node.children.values())
-        rows.append(Segment(path, depth, first.step.index, first.step.text or first.step.piece, first.step.prob,
+        prob = first.step.prob if first.step.prob == first.step.prob else first.step.final_prob  # NaN: a rollout
+        rows.append(Segment(path, depth, first.step.index, first.step.text or first.step.piece, prob,
                             first.step.final_prob, first.count, "".join(texts), len(texts), node.ends,
                             node.stop_reason, len(children)))
         if max_children is not None and len(children) > max_children:

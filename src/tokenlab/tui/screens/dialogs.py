@@ -9,7 +9,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
@@ -347,3 +347,26 @@ class PresetScreen(ModalScreen[tuple[str, str] | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class RolloutScreen(ModalScreen[None]):
+    """Rollouts from a step: the empirical check of the first token, and the continuations by first token."""
+
+    BINDINGS = [Binding("escape,q,R", "dismiss", "Close", tooltip="Back to the lab (the rollouts are in the tree: b)")]
+
+    def __init__(self, index: int, result: object) -> None:
+        super().__init__()
+        self._index = index
+        self.result = result
+
+    def compose(self) -> ComposeResult:
+        from tokenlab.commands.rollouts import check_table, check_verdict, continuations_table, headline
+
+        result = self.result
+        with VerticalScroll(id="rollout-box", classes="dialog"):
+            yield Label(f"[b]Rollouts from step {self._index}[/b] — in the tree now (b) · escape closes"
+                        + (" · cancelled" if result.cancelled else ""))  # type: ignore[attr-defined]
+            yield Static(headline(result))  # type: ignore[arg-type]
+            yield Static(check_table(result.check))  # type: ignore[attr-defined]
+            yield Static(check_verdict(result.check))  # type: ignore[attr-defined]
+            yield Static(continuations_table(result))  # type: ignore[arg-type]

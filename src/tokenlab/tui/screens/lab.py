@@ -27,6 +27,8 @@ from tokenlab.lab.controller import (
     RunStopped,
     StateChanged,
     StepsAdded,
+    RolloutProgress,
+    RolloutsReady,
     ScoreReady,
     StageViewReady,
     TokenResolved,
@@ -43,6 +45,7 @@ from tokenlab.tui.screens.dialogs import (
     LineInput,
     PromptEditor,
     PresetScreen,
+    RolloutScreen,
     RunRecord,
     StageScreen,
     TreeScreen,
@@ -50,6 +53,7 @@ from tokenlab.tui.screens.dialogs import (
 from tokenlab.tui.widgets import CandidatesTable, DistributionStrip, KnobPanel, PromptBar, StatusLine, TokenView
 
 HISTORY_SIZE = 15
+ROLLOUT_N, ROLLOUT_LENGTH = 64, 16
 HOT_FINE, HOT_COARSE = 0.5, 2.0
 KNOB_KEYS = {"t": "temperature", "k": "top_k", "p": "top_p", "m": "min_p", "y": "typical_p"}
 
@@ -97,6 +101,7 @@ class LabScreen(Screen[None]):
         Binding("y", "knob('typical_p')", "Typical-p", show=False, tooltip="Select the typical-p knob"),
         Binding("left_curly_bracket", "move_stage(-1)", "Stage earlier", show=False, tooltip="Move the selected knob's stage earlier in the order"),
         Binding("right_curly_bracket", "move_stage(1)", "Stage later", show=False, tooltip="Move the selected knob's stage later in the order"),
+        Binding("R", "rollouts", "Rollouts", show=False, tooltip="Sample 64 continuations of 16 tokens from the inspected step in one batch (again: cancel)"),
         Binding("i", "stage_view", "Stages", tooltip="The distribution after every stage at the inspected step"),
         Binding("P", "presets", "Presets", show=False, tooltip="Load a preset of all knobs, or save the current ones"),
         Binding("h", "hot_token", "Hot token", show=False, tooltip="Pick a token to boost or suppress with +/-"),
@@ -138,6 +143,8 @@ class LabScreen(Screen[None]):
         self.history: deque[RunRecord] = deque(maxlen=HISTORY_SIZE)
         self.viewing: RunRecord | None = None
         self.branch_tree: TreeChanged | None = None
+        self.rollout_progress: tuple[int, int] | None = None
+        """(steps done, total) while rollouts run."""
         self._legend_mode = ""
 
     # -- layout ------------------------------------------------------------------------------------
@@ -219,6 +226,11 @@ class LabScreen(Screen[None]):
             from tokenlab.tui.screens.score import ScoreScreen
 
             self.app.push_screen(ScoreScreen(event.steps, event.summary))
+        elif isinstance(event, RolloutProgress):
+            self.rollout_progress = (event.done, event.total)
+        elif isinstance(event, RolloutsReady):
+            self.rollout_progress = None
+            self.app.push_screen(RolloutScreen(event.index, event.result))
         elif isinstance(event, StageViewReady):
             self.app.push_screen(StageScreen(event.index, event.view))
         elif isinstance(event, TreeChanged):
@@ -236,6 +248,7 @@ class LabScreen(Screen[None]):
             self.selected_knob = len(KNOBS)
             self.controller.send("set_hot_tokens", (event.token_id,))
         elif isinstance(event, LabFailed):
+            self.rollout_progress = None
             if not self.model_ready and self.model_name == "loading model…":
                 self.model_name = "no model"
             self.notify(event.message, severity="error", timeout=8)
@@ -303,6 +316,9 @@ class LabScreen(Screen[None]):
                                        hot_bias=hot_bias, live=live)
         self.query_one(PromptBar).show(self.prompt, self.model_name, self.chat)
         state = "running" if self.running else ("stopped" if self.stop_reason else "paused")
+        if self.rollout_progress is not None:
+            done, total = self.rollout_progress
+            state = f"rollouts {100 * done // max(1, total)}% (R cancels)"
         if not self.model_ready:
             state = "loading" if self.model_name == "loading model…" else "no model"
         self.query_one(StatusLine).show(
@@ -490,6 +506,19 @@ class LabScreen(Screen[None]):
         self._set_params(move_stage(self.params, stage, delta))
         order = " › ".join(self.params.samplers)
         self.notify(f"order: {order}", timeout=4)
+
+    def action_rollouts(self) -> None:
+        if self.rollout_progress is not None:
+            self.controller.cancel_rollouts.set()  # read by the controller thread between batch steps
+            self.notify("cancelling rollouts…", timeout=2)
+            return
+        cursor = self.effective_cursor()
+        if cursor is None or self.viewing is not None:
+            self.notify("rollouts start from a step of the live run", severity="warning")
+            return
+        self.rollout_progress = (0, ROLLOUT_N * ROLLOUT_LENGTH)
+        self.controller.send("rollouts", cursor, ROLLOUT_N, ROLLOUT_LENGTH)
+        self.refresh_view()
 
     def action_stage_view(self) -> None:
         cursor = self.effective_cursor()
