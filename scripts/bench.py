@@ -123,15 +123,16 @@ def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int
             while app.lab.frontier is None:  # loaded, and paused at the first step
                 await asyncio.sleep(0.05)
             app.controller.send("set_params", SamplerParams(ban=(engines[0].eos_id,)))
-            await pilot.press("space")  # generate, as a user would
-
             def key(name: str, char: str) -> None:
-                # the way the terminal driver delivers a key (pilot.press would wait for the app to idle)
+                # the way the terminal driver delivers a key (pilot.press waits for the app to go idle,
+                # which it does not do while generating)
                 event = events.Key(name, char)
                 event.set_sender(app)
                 app._driver.send_message(event)  # type: ignore[union-attr]
 
             key("t", "t")  # select the temperature knob
+            await pilot.pause()
+            key("space", " ")  # generate, as a user would
             presses = 0
             while True:
                 generation = app.controller.generation
