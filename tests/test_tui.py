@@ -440,3 +440,40 @@ async def test_rollouts_key_lands_branches_in_the_tree_and_can_be_cancelled(fini
         await pilot.press("R")  # cancel
         await wait_for(pilot, lambda: isinstance(app.screen, RolloutScreen), timeout=120)
         assert app.screen.result.cancelled
+
+
+async def test_save_and_load_a_session_restores_the_view(finished_engine, tmp_path) -> None:
+    from tokenlab.lab.session import load
+
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=5, autostart=True)
+    apps.append(app)
+    path = tmp_path / "session.json"
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.stop_reason == "max_tokens")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: lab.branch_tree is not None and lab.branch_tree.runs == 2
+                       and lab.stop_reason == "max_tokens")
+        shown = [step.id for step in lab.steps]
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+        app.screen.query_one(Input).value = str(path)
+        await pilot.press("enter")
+        await wait_for(pilot, path.exists)
+    session = load(path)
+    assert session.tree.runs == 2 and list(session.current) == shown
+
+    decoded = engine.decoded_tokens
+    restored = TokenLabApp(engine, LabSettings(prompt=session.prompt, chat=session.chat, params=session.params,
+                                                seed=session.seed, max_tokens=session.max_tokens,
+                                                autostart=False, session=session))
+    apps.append(restored)
+    async with restored.run_test(size=SIZE) as pilot:
+        lab = restored.lab
+        await wait_for(pilot, lambda: [step.id for step in lab.steps] == shown and lab.branch_tree is not None)
+        assert lab.branch_tree.runs == 2 and not lab.running
+        assert lab.steps == session.current_steps()  # the records come from the file, not the model
+        await wait_for(pilot, lambda: lab.frontier is not None)
+    # the model only decoded what the live next step needs (the prompt and the branch), nothing was generated
+    assert engine.decoded_tokens - decoded <= len(engine.format_prompt(PROMPT, chat=False)) + len(shown)

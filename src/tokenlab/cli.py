@@ -584,13 +584,28 @@ def lab(
     prompt: Annotated[Optional[str], typer.Argument(help="Prompt to start from ('-' reads standard input). Default: a short-story prompt.", show_default=False)] = None,
     *,
     paused: Annotated[bool, typer.Option("--paused", help="Open paused at the first step instead of generating at once.", rich_help_panel="Output")] = False,
+    load: Annotated[Optional[Path], typer.Option("--load", help="Open a saved session (its prompt, knobs and tree) without re-running the model.", rich_help_panel="Output")] = None,
+    save: Annotated[Optional[Path], typer.Option("--save", help="Where s saves the session (default: tokenlab-session.json).", rich_help_panel="Output")] = None,
     opts: RunOptions,
 ) -> None:
     """Open the lab: live heat-coloured generation with hotkey knobs (press ? inside for every key)."""
-    run_lab(read_prompt(prompt) if prompt is not None else DEFAULT_LAB_PROMPT, opts, paused=paused)
+    session = None
+    if load is not None:
+        from tokenlab.lab.session import SessionError
+        from tokenlab.lab.session import load as load_session
+
+        try:
+            session = load_session(load)
+        except SessionError as exc:
+            raise UserError(str(exc)) from None
+        prompt = session.prompt
+        opts.chat = session.chat
+    run_lab(read_prompt(prompt) if prompt is not None else DEFAULT_LAB_PROMPT, opts, paused=paused or session is not None,
+            session=session, save_path=str(save) if save is not None else (str(load) if load is not None else None))
 
 
-def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False) -> None:
+def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any = None,
+            save_path: str | None = None) -> None:
     """Check the flags, make sure the model file is there (pulling it with progress), then run the TUI."""
     from tokenlab.engine import Engine, EngineOptions
     from tokenlab.engine.models import resolve_model
@@ -613,7 +628,13 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False) -> None:
         max_tokens=opts.max_tokens,
         top_n=opts.top_n,
         autostart=not paused,
+        session=session,
+        save_path=save_path,
     )
+    if session is not None:
+        settings.params = session.params
+        settings.seed = session.seed
+        settings.max_tokens = session.max_tokens
 
     def prepare(engine: Engine) -> Any:
         try:
@@ -621,7 +642,8 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False) -> None:
         except UserError as exc:
             raise ValueError(f"{exc}; the lab runs without these biases") from None
 
-    settings.prepare = prepare
+    if session is None:
+        settings.prepare = prepare
 
     def load() -> Engine:
         # runs on the controller thread: the screen is up while the model loads, and every decode of

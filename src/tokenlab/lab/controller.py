@@ -159,6 +159,10 @@ class LabSettings:
     max_tokens: int = 256
     top_n: int = 20
     autostart: bool = True
+    session: Any = None
+    """A loaded tokenlab.lab.session.Session to show instead of starting a run."""
+    save_path: str | None = None
+    """Where `s` in the lab saves the session by default."""
     prepare: Callable[[Engine], SamplerParams] | None = None
     """Called once the model is loaded to finish the params (token names need the vocabulary); a
     ValueError it raises is reported and the lab goes on with `params`."""
@@ -203,6 +207,13 @@ class RolloutsReady(LabEvent):
 
     index: int
     result: Any = field(compare=False)
+
+
+@dataclass(frozen=True)
+class SessionSaved(LabEvent):
+    """The session was written to `path`."""
+
+    path: str
 
 
 class LabController:
@@ -415,7 +426,44 @@ class LabController:
     # -- command handlers (controller thread) -----------------------------------------------------
 
     def _cmd_start(self) -> None:
-        self._new_run(self.settings.seed, start=self.settings.autostart)
+        session = self.settings.session
+        if session is None:
+            self._new_run(self.settings.seed, start=self.settings.autostart)
+            return
+        # a loaded session: its tree and branch come from the file, nothing is generated
+        self._new_run(session.seed, start=False)
+        self.tree = session.tree
+        generation = self.generation
+        if generation is not None:
+            node = self.tree.find(session.current)
+            steps = session.current_steps()
+            generation.load(steps, stop_reason=node.stop_reason if node is not None and node.ends else None)
+            self._counted = True
+            self.emit(StepsAdded(self.run_id, 0, tuple(steps), 0.0))
+            if generation.stop_reason:
+                self.emit(RunStopped(self.run_id, generation.stop_reason, len(steps), 0.0, replayed=True))
+        self._emit_tree()
+        self._emit_frontier()
+
+    def _cmd_save(self, path: str) -> None:
+        from tokenlab.lab.session import Session, save
+
+        assert self.engine is not None
+        generation = self.generation
+        if generation is not None and generation.steps and not self._counted:
+            self._record_branch(count=False)
+        session = Session(
+            prompt=self.settings.prompt, params=self.settings.params, chat=self.settings.chat,
+            model=self.engine.name, model_path=str(getattr(self.engine, "model_path", "")),
+            seed=generation.seed if generation is not None else self.settings.seed,
+            max_tokens=self.settings.max_tokens, tree=self.tree,
+            current=tuple(step.id for step in generation.steps) if generation is not None else (),
+        )
+        try:
+            written = save(session, path)
+        except OSError as exc:
+            raise ValueError(f"could not save the session to {path}: {exc.strerror or exc}") from None
+        self.emit(SessionSaved(str(written)))
 
     def _cmd_play(self) -> None:
         generation = self.generation

@@ -30,6 +30,7 @@ from tokenlab.lab.controller import (
     RolloutProgress,
     RolloutsReady,
     ScoreReady,
+    SessionSaved,
     StageViewReady,
     TokenResolved,
     TreeChanged,
@@ -101,6 +102,7 @@ class LabScreen(Screen[None]):
         Binding("y", "knob('typical_p')", "Typical-p", show=False, tooltip="Select the typical-p knob"),
         Binding("left_curly_bracket", "move_stage(-1)", "Stage earlier", show=False, tooltip="Move the selected knob's stage earlier in the order"),
         Binding("right_curly_bracket", "move_stage(1)", "Stage later", show=False, tooltip="Move the selected knob's stage later in the order"),
+        Binding("s", "save_session", "Save", show=False, tooltip="Save the session (prompt, knobs, the tree with every step) to a JSON file"),
         Binding("R", "rollouts", "Rollouts", show=False, tooltip="Sample 64 continuations of 16 tokens from the inspected step in one batch (again: cancel)"),
         Binding("i", "stage_view", "Stages", tooltip="The distribution after every stage at the inspected step"),
         Binding("P", "presets", "Presets", show=False, tooltip="Load a preset of all knobs, or save the current ones"),
@@ -143,6 +145,7 @@ class LabScreen(Screen[None]):
         self.history: deque[RunRecord] = deque(maxlen=HISTORY_SIZE)
         self.viewing: RunRecord | None = None
         self.branch_tree: TreeChanged | None = None
+        self.save_path = controller.settings.save_path or "tokenlab-session.json"
         self.rollout_progress: tuple[int, int] | None = None
         """(steps done, total) while rollouts run."""
         self._legend_mode = ""
@@ -226,6 +229,9 @@ class LabScreen(Screen[None]):
             from tokenlab.tui.screens.score import ScoreScreen
 
             self.app.push_screen(ScoreScreen(event.steps, event.summary))
+        elif isinstance(event, SessionSaved):
+            self.save_path = event.path
+            self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)")
         elif isinstance(event, RolloutProgress):
             self.rollout_progress = (event.done, event.total)
         elif isinstance(event, RolloutsReady):
@@ -506,6 +512,13 @@ class LabScreen(Screen[None]):
         self._set_params(move_stage(self.params, stage, delta))
         order = " › ".join(self.params.samplers)
         self.notify(f"order: {order}", timeout=4)
+
+    def action_save_session(self) -> None:
+        def picked(path: str | None) -> None:
+            if path and path.strip():
+                self.controller.send("save", path.strip())
+
+        self.app.push_screen(LineInput("Save the session to (JSON file)", value=self.save_path), picked)
 
     def action_rollouts(self) -> None:
         if self.rollout_progress is not None:
