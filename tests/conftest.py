@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import os
+import tempfile
 
 import pytest
 from hypothesis import settings
@@ -15,6 +16,9 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# the lab autosaves on exit: keep the tests' sessions out of the user's data directory
+os.environ.setdefault("TOKENLAB_DATA", tempfile.mkdtemp(prefix="tokenlab-test-data-"))
 
 from tokenlab.engine import Engine, EngineOptions
 from tokenlab.engine.models import DEFAULT_MODEL, resolve_model

@@ -88,3 +88,70 @@ def test_files_that_are_not_sessions_get_one_clear_line(tmp_path) -> None:
             load(tmp_path / name)
         message = str(info.value)
         assert expected[name] in message and "\n" not in message
+
+
+def test_markdown_and_html_exports(engine: Engine, tmp_path) -> None:
+    from html.parser import HTMLParser
+
+    from tokenlab.export import to_html, to_markdown
+
+    session = make_session(engine)
+    steps = session.current_steps()
+    markdown = to_markdown(session)
+    assert "| # | token | raw p | final p | rank |" in markdown
+    assert "".join(step.text for step in steps) in markdown
+    assert markdown.count("\n| ") >= len(steps)
+
+    page = to_html(session)
+
+    class Checker(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stack: list[str] = []
+            self.tokens = 0
+            self.external = []
+
+        def handle_starttag(self, tag, attrs) -> None:  # noqa: ANN001
+            attributes = dict(attrs)
+            if tag not in ("meta", "br"):
+                self.stack.append(tag)
+            if attributes.get("class") == "t":
+                self.tokens += 1
+                assert attributes["style"].startswith("background:#")
+            if attributes.get("src") or attributes.get("href"):
+                self.external.append(tag)
+
+        def handle_endtag(self, tag) -> None:  # noqa: ANN001
+            assert self.stack and self.stack.pop() == tag, tag
+
+    checker = Checker()
+    checker.feed(page)
+    assert checker.stack == [] and checker.external == []  # balanced, and no external assets
+    assert checker.tokens == len([s for s in steps if s.text or s.eog])
+
+
+def test_export_command(engine: Engine, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    path = save(make_session(engine), tmp_path / "s.json")
+    out = subprocess.run([sys.executable, "-m", "tokenlab", "export", str(path), "-f", "html", "-o",
+                          str(tmp_path / "s.html")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "s.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    md = subprocess.run([sys.executable, "-m", "tokenlab", "export", str(path), "-f", "md"],
+                        capture_output=True, text=True, timeout=60)
+    assert md.returncode == 0 and md.stdout.startswith("# tokenlab session")
+    bad = subprocess.run([sys.executable, "-m", "tokenlab", "export", str(tmp_path / "nope.json")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_long_run_saves_without_deep_nesting(tmp_path) -> None:
+    tree = GenerationTree("x")
+    steps = [Step(index=i, id=i % 7, piece="a", text="a", logit=0.0, prob=0.5, final_prob=0.5, rank=1,
+                  entropy=1.0, final_entropy=1.0, top=()) for i in range(5000)]
+    tree.add(steps, stop_reason="max_tokens")
+    session = Session(prompt="x", tree=tree, current=tuple(step.id for step in steps))
+    loaded = load(save(session, tmp_path / "long.json"))
+    assert loaded.current_steps() == steps and len(loaded.tree) == 5000

@@ -477,3 +477,27 @@ async def test_save_and_load_a_session_restores_the_view(finished_engine, tmp_pa
         await wait_for(pilot, lambda: lab.frontier is not None)
     # the model only decoded what the live next step needs (the prompt and the branch), nothing was generated
     assert engine.decoded_tokens - decoded <= len(engine.format_prompt(PROMPT, chat=False)) + len(shown)
+
+
+async def test_autosave_on_exit_and_exports_from_the_lab(finished_engine, tmp_path, monkeypatch) -> None:
+    from tokenlab.lab.session import autosave_path, load
+
+    monkeypatch.setenv("TOKENLAB_DATA", str(tmp_path / "data"))
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=4, autostart=True)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.stop_reason == "max_tokens")
+        shown = [step.id for step in lab.steps]
+        for name in ("out.md", "out.html", "shot.svg"):
+            await pilot.press("s")
+            await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+            app.screen.query_one(Input).value = str(tmp_path / name)
+            await pilot.press("enter")
+            await wait_for(pilot, (tmp_path / name).exists)
+        assert "<svg" in (tmp_path / "shot.svg").read_text(encoding="utf-8")
+        assert "| # | token |" in (tmp_path / "out.md").read_text(encoding="utf-8")
+    assert app.controller.stopped.wait(5)
+    restored = load(autosave_path())
+    assert list(restored.current) == shown and restored.tree.runs == 1

@@ -506,6 +506,37 @@ def rollouts(
                    extra={"model": engine.name, "seed": seed})
 
 
+class ExportFormat(str, Enum):
+    """What export writes."""
+
+    md = "md"
+    html = "html"
+
+
+@app.command()
+def export(
+    session_file: Annotated[Path, typer.Argument(help="A session saved in the lab (s) or autosaved.", show_default=False)],
+    *,
+    output_format: Annotated[ExportFormat, typer.Option("--format", "-f", help="md (text and per-token probabilities) or html (a standalone heat-coloured page with hover tables).")] = ExportFormat.html,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (atomically); default: standard output.")] = None,
+) -> None:
+    """Export the branch on screen of a saved session as Markdown or a standalone HTML page."""
+    from tokenlab.export import to_html, to_markdown
+    from tokenlab.lab.session import SessionError, write_text_atomic
+    from tokenlab.lab.session import load as load_session
+
+    with user_errors():
+        try:
+            session = load_session(session_file)
+        except SessionError as exc:
+            raise UserError(str(exc)) from None
+        text = to_markdown(session) if output_format is ExportFormat.md else to_html(session)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            err_console.print(f"wrote {write_text_atomic(output, text)}")
+
+
 class ScoreFormat(str, Enum):
     """How score prints its result."""
 
@@ -586,10 +617,19 @@ def lab(
     paused: Annotated[bool, typer.Option("--paused", help="Open paused at the first step instead of generating at once.", rich_help_panel="Output")] = False,
     load: Annotated[Optional[Path], typer.Option("--load", help="Open a saved session (its prompt, knobs and tree) without re-running the model.", rich_help_panel="Output")] = None,
     save: Annotated[Optional[Path], typer.Option("--save", help="Where s saves the session (default: tokenlab-session.json).", rich_help_panel="Output")] = None,
+    restore: Annotated[bool, typer.Option("--restore", help="Open the session autosaved when the lab last quit.", rich_help_panel="Output")] = False,
     opts: RunOptions,
 ) -> None:
     """Open the lab: live heat-coloured generation with hotkey knobs (press ? inside for every key)."""
     session = None
+    if restore:
+        from tokenlab.lab.session import autosave_path
+
+        if load is not None:
+            raise UserError("--restore and --load both name a session; give one")
+        load = autosave_path()
+        if not load.exists():
+            raise UserError(f"there is no autosaved session yet ({load}); it is written when the lab quits")
     if load is not None:
         from tokenlab.lab.session import SessionError
         from tokenlab.lab.session import load as load_session
@@ -650,7 +690,13 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
         # this process happens on that one thread
         return Engine(path, engine_options)
 
-    TokenLabApp(load, settings).run()
+    app = TokenLabApp(load, settings)
+    if session is None:
+        from tokenlab.lab.session import autosave_path
+
+        if autosave_path().exists():
+            app.startup_note = "your last session was autosaved: tokenlab lab --restore brings it back"
+    app.run()
 
 
 def print_stage_view(console: Console, view: Any) -> None:

@@ -445,24 +445,36 @@ class LabController:
         self._emit_tree()
         self._emit_frontier()
 
-    def _cmd_save(self, path: str) -> None:
-        from tokenlab.lab.session import Session, save
+    def session(self) -> Any:
+        """The lab as a Session (call on the controller thread, or once serve() has returned)."""
+        from tokenlab.lab.session import Session
 
-        assert self.engine is not None
         generation = self.generation
         if generation is not None and generation.steps and not self._counted:
-            self._record_branch(count=False)
-        session = Session(
+            self.tree.add(generation.steps, count=False)  # the text on screen is in the saved tree
+        return Session(
             prompt=self.settings.prompt, params=self.settings.params, chat=self.settings.chat,
-            model=self.engine.name, model_path=str(getattr(self.engine, "model_path", "")),
+            model=self.engine.name if self.engine is not None else "",
+            model_path=str(getattr(self.engine, "model_path", "")),
             seed=generation.seed if generation is not None else self.settings.seed,
             max_tokens=self.settings.max_tokens, tree=self.tree,
             current=tuple(step.id for step in generation.steps) if generation is not None else (),
         )
+
+    def _cmd_save(self, path: str) -> None:
+        from tokenlab.export import to_html, to_markdown
+        from tokenlab.lab.session import save, write_text_atomic
+
+        session = self.session()
         try:
-            written = save(session, path)
+            if path.endswith((".md", ".markdown")):
+                written = write_text_atomic(path, to_markdown(session))
+            elif path.endswith((".html", ".htm")):
+                written = write_text_atomic(path, to_html(session))
+            else:
+                written = save(session, path)
         except OSError as exc:
-            raise ValueError(f"could not save the session to {path}: {exc.strerror or exc}") from None
+            raise ValueError(f"could not save to {path}: {exc.strerror or exc}") from None
         self.emit(SessionSaved(str(written)))
 
     def _cmd_play(self) -> None:

@@ -57,7 +57,7 @@ class Session:
             "params": self.params.to_dict(),
             "current": list(self.current),
             "runs": self.tree.runs,
-            "tree": [_node_to_json(child) for child in self.tree.root.children.values()],
+            "tree": _tree_to_json(self.tree),
         }
 
     @classmethod
@@ -73,8 +73,7 @@ class Session:
             tree = GenerationTree(str(data["prompt"]))
             tree.runs = int(data["runs"])
             tree.root.count = tree.runs
-            for child in data["tree"]:
-                _node_from_json(child, tree.root)
+            _tree_from_json(data["tree"], tree)
             return cls(
                 prompt=str(data["prompt"]),
                 params=params,
@@ -103,9 +102,21 @@ def dumps(session: Session) -> str:
 
 def save(session: Session, path: str | os.PathLike[str]) -> Path:
     """Write the session atomically: a temp file next to `path`, then a rename over it."""
+    return write_text_atomic(path, dumps(session))
+
+
+def autosave_path() -> Path:
+    """Where the lab autosaves on exit: $TOKENLAB_DATA/autosave.json, else the user data dir."""
+    import platformdirs
+
+    base = os.environ.get("TOKENLAB_DATA") or platformdirs.user_data_dir("tokenlab")
+    return Path(base) / "autosave.json"
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` to `path` through a temp file in the same directory and a rename."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    text = dumps(session)
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
@@ -159,21 +170,29 @@ def step_from_json(data: dict[str, Any]) -> Step:
     return Step(**values)
 
 
-def _node_to_json(node: TreeNode) -> dict[str, Any]:
-    assert node.step is not None
-    return {
-        "step": step_to_json(node.step),
-        "count": node.count,
-        "ends": node.ends,
-        "stop_reason": node.stop_reason,
-        "children": [_node_to_json(child) for child in node.children.values()],
-    }
+def _tree_to_json(tree: GenerationTree) -> list[dict[str, Any]]:
+    """The tree's nodes as a flat list, parents before children (a long run must not nest deeply)."""
+    nodes: list[dict[str, Any]] = []
+    pending: list[tuple[TreeNode, int]] = [(child, -1) for child in reversed(tree.root.children.values())]
+    while pending:
+        node, parent = pending.pop()
+        assert node.step is not None
+        nodes.append({"parent": parent, "step": step_to_json(node.step), "count": node.count,
+                      "ends": node.ends, "stop_reason": node.stop_reason})
+        index = len(nodes) - 1
+        pending.extend((child, index) for child in reversed(node.children.values()))
+    return nodes
 
 
-def _node_from_json(data: dict[str, Any], parent: TreeNode) -> None:
-    step = step_from_json(data["step"])
-    node = TreeNode(step=step, parent=parent, count=int(data["count"]), ends=int(data["ends"]),
-                    stop_reason=data["stop_reason"])
-    parent.children[step.id] = node
-    for child in data["children"]:
-        _node_from_json(child, node)
+def _tree_from_json(nodes: list[dict[str, Any]], tree: GenerationTree) -> None:
+    made: list[TreeNode] = []
+    for data in nodes:
+        parent_index = int(data["parent"])
+        if not -1 <= parent_index < len(made):
+            raise ValueError(f"node {len(made)} names parent {parent_index}, which comes later")
+        parent = tree.root if parent_index < 0 else made[parent_index]
+        step = step_from_json(data["step"])
+        node = TreeNode(step=step, parent=parent, count=int(data["count"]), ends=int(data["ends"]),
+                        stop_reason=data["stop_reason"])
+        parent.children[step.id] = node
+        made.append(node)

@@ -53,12 +53,14 @@ class TreeNode:
         return list(self.parent.children.values()) if self.parent is not None else [self]
 
     def leaves(self) -> Iterator[TreeNode]:
-        """Nodes below (or at) this one with no children, depth first."""
-        if not self.children:
-            yield self
-            return
-        for child in self.children.values():
-            yield from child.leaves()
+        """Nodes below (or at) this one with no children, depth first (iterative: runs can be long)."""
+        pending = [self]
+        while pending:
+            node = pending.pop()
+            if not node.children:
+                yield node
+            else:
+                pending.extend(reversed(node.children.values()))
 
     def deepest_leaf(self) -> TreeNode:
         """The most recently added leaf below this node (follows the last child at each fork)."""

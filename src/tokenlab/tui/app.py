@@ -27,6 +27,10 @@ class TokenLabApp(App[None]):
     def __init__(self, engine: Engine | Callable[[], Engine], settings: LabSettings | None = None) -> None:
         super().__init__()
         self.controller = LabController(engine, settings or LabSettings())
+        self.startup_note: str | None = None
+        """A notification to show once the lab is up."""
+        self.autosave_enabled = True
+        """Save the session to the autosave file on exit (tokenlab lab --restore brings it back)."""
 
     def on_mount(self) -> None:
         # The controller thread needs the GIL back after every llama.cpp call; with the default 5 ms
@@ -34,9 +38,27 @@ class TokenLabApp(App[None]):
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.push_screen(LabScreen(self.controller))
+        if self.startup_note:
+            self.notify(self.startup_note, timeout=8)
 
     def on_unmount(self) -> None:
         sys.setswitchinterval(self._switch_interval)
+        self.autosave()
+
+    def autosave(self) -> None:
+        """Save the session for `tokenlab lab --restore` once the controller thread has let go of it."""
+        from tokenlab.lab.session import autosave_path, save
+
+        controller = self.controller
+        controller.quit()
+        if not self.autosave_enabled or not controller.stopped.wait(2) or controller.generation is None:
+            return
+        if not controller.generation.steps and not controller.tree.runs:
+            return
+        try:
+            save(controller.session(), autosave_path())
+        except OSError:
+            pass  # never block quitting on a full disk or a read-only home
 
     @property
     def lab(self) -> LabScreen:

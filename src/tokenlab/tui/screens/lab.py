@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -102,7 +103,7 @@ class LabScreen(Screen[None]):
         Binding("y", "knob('typical_p')", "Typical-p", show=False, tooltip="Select the typical-p knob"),
         Binding("left_curly_bracket", "move_stage(-1)", "Stage earlier", show=False, tooltip="Move the selected knob's stage earlier in the order"),
         Binding("right_curly_bracket", "move_stage(1)", "Stage later", show=False, tooltip="Move the selected knob's stage later in the order"),
-        Binding("s", "save_session", "Save", show=False, tooltip="Save the session (prompt, knobs, the tree with every step) to a JSON file"),
+        Binding("s", "save_session", "Save", show=False, tooltip="Save the session (.json: prompt, knobs, the tree with every step) or export it (.md, .html, .svg screenshot)"),
         Binding("R", "rollouts", "Rollouts", show=False, tooltip="Sample 64 continuations of 16 tokens from the inspected step in one batch (again: cancel)"),
         Binding("i", "stage_view", "Stages", tooltip="The distribution after every stage at the inspected step"),
         Binding("P", "presets", "Presets", show=False, tooltip="Load a preset of all knobs, or save the current ones"),
@@ -515,10 +516,22 @@ class LabScreen(Screen[None]):
 
     def action_save_session(self) -> None:
         def picked(path: str | None) -> None:
-            if path and path.strip():
-                self.controller.send("save", path.strip())
+            if not path or not path.strip():
+                return
+            path = path.strip()
+            if path.endswith(".svg"):
+                target = Path(path).expanduser()
+                try:
+                    written = self.app.save_screenshot(filename=target.name, path=str(target.parent or "."))
+                except OSError as exc:
+                    self.notify(f"could not save the screenshot: {exc}", severity="error")
+                    return
+                self.notify(f"screenshot saved to {written}")
+                return
+            self.controller.send("save", path)
 
-        self.app.push_screen(LineInput("Save the session to (JSON file)", value=self.save_path), picked)
+        self.app.push_screen(LineInput("Save the session (.json) or export it (.md, .html, .svg screenshot)",
+                                       value=self.save_path), picked)
 
     def action_rollouts(self) -> None:
         if self.rollout_progress is not None:

@@ -1,0 +1,102 @@
+"""Exports of a session's branch: Markdown with per-token probabilities, a standalone heat-coloured HTML page."""
+
+from __future__ import annotations
+
+import html
+import math
+
+from tokenlab.engine.text import visible
+from tokenlab.lab.session import Session
+from tokenlab.lab.step import Step
+from tokenlab.render import heat_color, prob_heat
+from tokenlab.sampling import SamplerParams
+
+
+def _knobs(params: SamplerParams) -> str:
+    defaults = SamplerParams().to_dict()
+    changed = [f"{name}={value}" for name, value in params.to_dict().items() if defaults.get(name) != value]
+    return ", ".join(changed) or "llama.cpp defaults"
+
+
+def _prob(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.4f}"
+
+
+def to_markdown(session: Session) -> str:
+    """The branch on screen as Markdown: the text, then every token with its probabilities and rank."""
+    steps = session.current_steps()
+    lines = [
+        "# tokenlab session",
+        "",
+        f"- model: {session.model}",
+        f"- prompt: {session.prompt!r} ({'chat' if session.chat else 'raw'})",
+        f"- knobs: {_knobs(session.params)}",
+        f"- seed: {session.seed} · runs in the tree: {session.tree.runs}",
+        "",
+        "## Text",
+        "",
+        "".join(step.text for step in steps),
+        "",
+        "## Tokens",
+        "",
+        "| # | token | raw p | final p | rank | entropy (bits) | top alternatives |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for step in steps:
+        others = ", ".join(f"`{visible(c.text)}` {c.prob:.3f}" for c in step.top[:3] if c.id != step.id)
+        token = visible(step.piece).replace("|", "\\|").replace("`", "'")
+        others = others.replace("|", "\\|")
+        lines.append(f"| {step.index} | `{token}` | {_prob(step.prob)} | {_prob(step.final_prob)} | "
+                     f"{step.rank or '—'} | {_prob(step.entropy)} | {others} |")
+    return "\n".join(lines) + "\n"
+
+
+_STYLE = """
+body { font-family: ui-monospace, Menlo, Consolas, monospace; background: #111; color: #ddd; margin: 2em; }
+h1 { font-size: 1.2em; } .meta { color: #999; margin-bottom: 1.5em; }
+.text { line-height: 1.9; white-space: pre-wrap; max-width: 80ch; }
+.t { position: relative; color: #000; padding: 1px 0; border-radius: 2px; cursor: default; }
+.t:nth-child(odd) { filter: brightness(0.88); }
+.t .tip { display: none; position: absolute; left: 0; top: 1.7em; z-index: 1; background: #222;
+  color: #ddd; border: 1px solid #555; padding: 4px 6px; white-space: pre; font-size: 0.85em; }
+.t:hover .tip { display: block; }
+.tip table { border-collapse: collapse; } .tip td { padding: 0 6px; text-align: right; }
+.tip td.k { text-align: left; } .tip tr.c { color: #fff; font-weight: bold; }
+.legend span { color: #000; padding: 0 6px; margin-right: 2px; }
+"""
+
+
+def _tip(step: Step) -> str:
+    rows = "".join(
+        f"<tr class=\"{'c' if c.id == step.id else ''}\"><td class=\"k\">{html.escape(repr(visible(c.text)))}</td>"
+        f"<td>{c.prob:.4f}</td><td>{_prob(c.final_prob)}</td></tr>"
+        for c in step.top[:10]
+    )
+    head = (f"step {step.index} · p {_prob(step.prob)} · final {_prob(step.final_prob)} · rank {step.rank or '—'}"
+            f" · H {_prob(step.entropy)} bits")
+    return (f"<span class=\"tip\">{html.escape(head)}<table><tr><td class=\"k\">token</td><td>raw</td>"
+            f"<td>final</td></tr>{rows}</table></span>")
+
+
+def to_html(session: Session) -> str:
+    """A standalone page (no external assets): heat-coloured tokens with a table of candidates on hover."""
+    steps = session.current_steps()
+    spans = []
+    for step in steps:
+        text = step.text if not step.eog else f"⟨{step.piece}⟩"
+        if not text:
+            continue
+        colour = heat_color(prob_heat(step.final_prob if math.isnan(step.prob) else step.prob))
+        spans.append(f"<span class=\"t\" style=\"background:{colour}\">{html.escape(text)}{_tip(step)}</span>")
+    legend = "".join(
+        f"<span style=\"background:{heat_color(prob_heat(p))}\">{label}</span>"
+        for label, p in (("&lt;0.01%", 1e-5), ("0.1%", 1e-3), ("1%", 1e-2), ("10%", 0.1), ("50%", 0.5), ("100%", 1.0))
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>tokenlab · {html.escape(session.prompt[:60])}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f"<h1>tokenlab · {html.escape(session.model)}</h1>\n"
+        f"<div class=\"meta\">prompt: {html.escape(session.prompt)}<br>knobs: {html.escape(_knobs(session.params))}"
+        f" · seed {session.seed}<br><span class=\"legend\">probability: {legend}</span></div>\n"
+        f"<div class=\"text\">{''.join(spans)}</div>\n</body>\n</html>\n"
+    )
