@@ -506,6 +506,38 @@ def rollouts(
                    extra={"model": engine.name, "seed": seed})
 
 
+@app.command()
+@with_run_options
+def serve(
+    prompt: Annotated[Optional[str], typer.Argument(help="Prompt the lab starts from. Default: a short-story prompt.", show_default=False)] = None,
+    *,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (localhost by default: only this machine can connect).", rich_help_panel="Server")] = "localhost",
+    port: Annotated[int, typer.Option("--port", help="TCP port.", rich_help_panel="Server")] = 8000,
+    opts: RunOptions,
+) -> None:
+    """Serve the lab to a web browser (textual-serve): each browser tab gets its own lab."""
+    import shlex
+
+    from textual_serve.server import Server
+
+    check_options(opts)
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be in 1..65535, got {port}")
+    from tokenlab.engine.models import resolve_model
+
+    path = resolve_model(opts.model)  # pull it now, with progress, not inside a browser tab
+    arguments = ["--model", str(path), "--max-tokens", str(opts.max_tokens), "--ctx-size", str(opts.ctx_size)]
+    if opts.seed is not None:
+        arguments += ["--seed", str(opts.seed)]
+    if opts.chat is not None:
+        arguments.append("--chat" if opts.chat else "--raw")
+    if opts.preset is not None:
+        arguments += ["--preset", opts.preset]
+    command = shlex.join([sys.executable, "-m", "tokenlab", "lab", prompt or DEFAULT_LAB_PROMPT, *arguments])
+    err_console.print(f"serving the lab on http://{host}:{port} (Ctrl-C stops)")
+    Server(command, host=host, port=port, title="tokenlab").serve()
+
+
 class ExportFormat(str, Enum):
     """What export writes."""
 
