@@ -338,7 +338,7 @@ async def test_tree_keeps_every_run_and_switching_reuses_the_shared_prefix(finis
         assert lab.stop_reason == "max_tokens" and len(lab.history) >= 5
 
 
-async def test_score_screen_colours_a_pasted_text(finished_engine) -> None:
+async def test_score_screen_colours_a_pasted_text(finished_engine, tmp_path) -> None:
     from tokenlab.tui.screens.score import ScoreScreen
 
     engine, apps = finished_engine
@@ -361,6 +361,15 @@ async def test_score_screen_colours_a_pasted_text(finished_engine) -> None:
         assert screen.cursor == len(screen.steps) - 1
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, LabScreen))
+
+        text_file = tmp_path / "text.txt"
+        text_file.write_text("Once upon a time, there was a keeper.", encoding="utf-8")
+        await pilot.press("g")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptEditor))
+        app.screen.query_one(TextArea).text = str(text_file)  # a path loads the file
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ScoreScreen))
+        assert "".join(step.text for step in app.screen.steps) == "Once upon a time, there was a keeper."
 
 
 async def test_stage_view_presets_and_stage_order(finished_engine, tmp_path, monkeypatch) -> None:

@@ -446,13 +446,22 @@ class LabScreen(Screen[None]):
         def edited(result: tuple[str, bool | None] | None) -> None:
             if result is None:
                 return
-            if not result[0].strip():
+            text = result[0]
+            if not text.strip():
                 self.notify("the text is empty: nothing to score", severity="error")
                 return
+            candidate = Path(text.strip()).expanduser()
+            if "\n" not in text.strip() and len(text.strip()) < 1024 and candidate.is_file():
+                try:
+                    text = candidate.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError) as exc:
+                    self.notify(f"cannot read {candidate}: {exc}", severity="error")
+                    return
             self.notify("scoring…", timeout=2)
-            self.controller.send("score", result[0])
+            self.controller.send("score", text)
 
-        self.app.push_screen(PromptEditor("", None, title="Text to score (enter scores it)"), edited)
+        self.app.push_screen(PromptEditor("", None, title="Text to score, or a file's path (enter scores it)"),
+                             edited)
 
     def action_back_to_live(self) -> None:
         if self.viewing is not None:
