@@ -733,42 +733,10 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
 
 def print_stage_view(console: Console, view: Any) -> None:
     """Two rich tables: what each stage kept, and the top candidates' probability after each stage."""
-    from rich import box
-    from rich.table import Table
+    from tokenlab.render import stage_view_tables
 
-    from tokenlab.engine.text import visible
-
-    summary = Table(title="stage by stage", title_justify="left", box=box.SIMPLE_HEAD)
-    summary.add_column("#", justify="right")
-    summary.add_column("stage")
-    summary.add_column("kept", justify="right")
-    summary.add_column("mass kept", justify="right")
-    summary.add_column("cut-off")
-    summary.add_row("", "raw", f"{view.n_vocab:,}", "1.0000", "")
-    for index, row in enumerate(view.rows, start=1):
-        extra = ""
-        for key in ("effective_temperature", "mu", "sigma", "fired"):
-            if key in row.details:
-                value = row.details[key]
-                extra = f" {key.replace('_', ' ')} {value:.3g}" if isinstance(value, float) else f" {key} {value}"
-        summary.add_row(str(index), row.name, f"{row.kept:,}", f"{row.mass_kept:.4f}", row.cutoff + extra)
+    summary, moves = stage_view_tables(view)
     console.print(summary)
-    moves = Table(title="top candidates through the stages", title_justify="left", box=box.SIMPLE_HEAD)
-    moves.add_column("token")
-    moves.add_column("raw", justify="right")
-    for row in view.rows:
-        moves.add_column(row.name, justify="right")
-    for column, (text, raw) in enumerate(zip(view.candidate_texts, view.raw_probs)):
-        cells = []
-        removed = False
-        for row in view.rows:
-            probability = row.probs[column]
-            if probability == 0.0 and not removed:
-                cells.append(Text("✗", style="red"))
-                removed = True
-            else:
-                cells.append(Text("" if removed else f"{probability:.4f}"))
-        moves.add_row(f"'{visible(text)}'", f"{raw:.4f}", *cells)
     console.print(moves)
 
 

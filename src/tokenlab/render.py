@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 from rich import box
 from rich.table import Table
@@ -147,3 +148,37 @@ def sparkline(values: Iterable[float], *, floor: float = 1e-8) -> str:
         level = 0.0 if value <= floor else min(1.0, (math.log10(value) + span) / span)
         chars.append(SPARK[round(level * (len(SPARK) - 1))])
     return "".join(chars)
+
+
+def stage_view_tables(view: Any, *, token_width: int = 24) -> tuple[Table, Table]:
+    """A lab.stages.StageView as two tables: what each stage kept, and the candidates moving through them."""
+    summary = Table(title="stage by stage", title_justify="left", box=box.SIMPLE_HEAD)
+    summary.add_column("#", justify="right")
+    summary.add_column("stage")
+    summary.add_column("kept", justify="right")
+    summary.add_column("mass kept", justify="right")
+    summary.add_column("cut-off")
+    summary.add_row("", "raw", f"{view.n_vocab:,}", "1.0000", "")
+    for index, row in enumerate(view.rows, start=1):
+        extra = ""
+        for key in ("effective_temperature", "mu", "sigma", "fired"):
+            if key in row.details:
+                value = row.details[key]
+                extra = f" {key.replace('_', ' ')} {value:.3g}" if isinstance(value, float) else f" {key} {value}"
+        summary.add_row(str(index), row.name, f"{row.kept:,}", f"{row.mass_kept:.4f}", row.cutoff + extra)
+    moves = Table(title="top candidates through the stages", title_justify="left", box=box.SIMPLE_HEAD)
+    moves.add_column("token", no_wrap=True)
+    moves.add_column("raw", justify="right")
+    for row in view.rows:
+        moves.add_column(row.name, justify="right")
+    for column, (text, raw) in enumerate(zip(view.candidate_texts, view.raw_probs)):
+        cells = []
+        removed = False
+        for row in view.rows:
+            if row.probs[column] == 0.0 and not removed:
+                cells.append(Text("✗", style="red"))
+                removed = True
+            else:
+                cells.append(Text("" if removed else f"{row.probs[column]:.4f}"))
+        moves.add_row(f"'{visible(text)[:token_width]}'", f"{raw:.4f}", *cells)
+    return summary, moves

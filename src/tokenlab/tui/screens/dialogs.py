@@ -18,6 +18,7 @@ from tokenlab.engine.text import visible
 from tokenlab.lab.stages import StageView
 from tokenlab.lab.step import Step
 from tokenlab.lab.tree import Segment
+from tokenlab.render import stage_view_tables
 from tokenlab.sampling import SamplerParams
 
 
@@ -282,38 +283,11 @@ class StageScreen(ModalScreen[None]):
         self._view = view
 
     def compose(self) -> ComposeResult:
-        view = self._view
-        summary = Table(box=None, padding=(0, 1, 0, 0))
-        for column, justify in (("stage", "left"), ("kept", "right"), ("mass", "right"), ("cut-off", "left")):
-            summary.add_column(column, justify=justify, style="bold" if column == "stage" else "")  # type: ignore[arg-type]
-        summary.add_row("raw", f"{view.n_vocab:,}", "1.000", "")
-        for row in view.rows:
-            extra = ""
-            if "effective_temperature" in row.details:
-                extra = f"T {float(row.details['effective_temperature']):.3g}"  # type: ignore[arg-type]
-            if "mu" in row.details:
-                extra = f"mu {float(row.details['mu']):.3g}"  # type: ignore[arg-type]
-            summary.add_row(row.name, f"{row.kept:,}", f"{row.mass_kept:.3f}", (row.cutoff + " " + extra).strip()[:60])
-        moves = Table(box=None, padding=(0, 1, 0, 0))
-        moves.add_column("token", no_wrap=True)
-        moves.add_column("raw", justify="right")
-        for row in view.rows:
-            moves.add_column(row.name[:8], justify="right")
-        for column, (text, raw) in enumerate(zip(view.candidate_texts, view.raw_probs)):
-            cells: list[Text] = []
-            removed = False
-            for row in view.rows:
-                probability = row.probs[column]
-                if probability == 0.0 and not removed:
-                    cells.append(Text("✗", style="red"))
-                    removed = True
-                else:
-                    cells.append(Text("" if removed else f"{probability:.3f}", style="dim" if removed else ""))
-            moves.add_row(f"'{visible(text)[:14]}'", f"{raw:.3f}", *cells)
-        with Vertical(id="stage-box", classes="dialog"):
+        summary, moves = stage_view_tables(self._view, token_width=14)
+        summary.title = moves.title = None
+        with VerticalScroll(id="stage-box", classes="dialog"):
             yield Label(f"[b]Stage by stage[/b] — step {self._index} with the current knobs · escape closes")
             yield Static(summary)
-            yield Label("")
             yield Static(moves)
 
 
