@@ -153,6 +153,24 @@ def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int
             raise SystemExit(f"the screen shows {shown} of {tokens} tokens")
         return generation.wall_tokens_per_second
 
+    async def quit_while_generating() -> float:
+        path = resolve_model(model)
+        settings = LabSettings(prompt=PROMPT, chat=True, seed=seed, max_tokens=900, autostart=True)
+        app = TokenLabApp(lambda: Engine(path, EngineOptions(n_ctx=1024, n_threads=threads)), settings)
+        async with app.run_test(size=(100, 30)):
+            while len(app.lab.steps) < 30:
+                await asyncio.sleep(0.05)
+            started = time.perf_counter()
+            event = events.Key("q", "q")
+            event.set_sender(app)
+            app._driver.send_message(event)  # type: ignore[union-attr]
+            while app.is_running and time.perf_counter() - started < 10:
+                await asyncio.sleep(0.005)
+        app.controller.stopped.wait(10)
+        return time.perf_counter() - started
+
+    if case == "quit":
+        return asyncio.run(quit_while_generating())
     rate = asyncio.run(run_tui())
     if measure_keys:
         print("keys", " ".join(f"{latency:.5f}" for latency in latencies))
@@ -191,6 +209,7 @@ def bench_tui(model: str | None, tokens: int, reps: int, threads: int | None) ->
         plain_rates.append(run("plain", rep + 1))
         tui_rates.append(run("tui", rep + 1))
     keyed_rate = run("tui", 99, keys=True)
+    quit_seconds = [run("quit", rep) for rep in range(3)]
     plain, tui = statistics.median(plain_rates), statistics.median(tui_rates)
     print(f"\n== lab TUI: {tokens} tokens per run, {reps} interleaved reps, one process each (median, wall clock)")
     print(f"  generation loop, no UI          {plain:8.1f} tok/s   {fmt(plain_rates)}")
@@ -200,6 +219,8 @@ def bench_tui(model: str | None, tokens: int, reps: int, threads: int | None) ->
         print(f"  key latency while generating    median {statistics.median(latencies) * 1e3:.1f} ms, "
               f"max {max(latencies) * 1e3:.1f} ms over {len(latencies)} knob keys (target < 50 ms; "
               f"that run {keyed_rate:.1f} tok/s)")
+    print(f"  quit while generating           {max(quit_seconds) * 1e3:.0f} ms at most over {len(quit_seconds)} runs "
+          f"(key to controller thread stopped; target < 1 s)")
 
 
 def fmt(values: list[float]) -> str:
@@ -303,7 +324,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=300, help="pipeline iterations")
     parser.add_argument("--only", choices=["generate", "pipeline", "tui", "rollouts"], default=None,
                         help="run one benchmark")
-    parser.add_argument("--child", choices=["plain", "tui"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["plain", "tui", "quit"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--keys", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
