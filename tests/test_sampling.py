@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sampling_helpers import only, softmax, survivors
+
 from tokenlab.sampling import (
     DEFAULT_ORDER,
     STAGE_NAMES,
@@ -31,25 +33,6 @@ ALL_OFF: dict[str, Any] = {
     "typical_p": 1.0,
     "temperature": 1.0,
 }
-
-
-def softmax(values: list[float]) -> np.ndarray:
-    """Reference softmax in float64."""
-    array = np.asarray(values, dtype=np.float64)
-    weights = np.exp(array - array.max())
-    return weights / weights.sum()
-
-
-def only(
-    stage: str, logits: list[float], history: tuple[int, ...] = (), **params: Any
-) -> PipelineResult:
-    """Run a pipeline with just `stage` enabled (logit_bias/ban still run when given)."""
-    return Pipeline(SamplerParams(samplers=(stage,), **params)).run(np.array(logits), history)
-
-
-def survivors(result: PipelineResult) -> list[int]:
-    """Final ids as a plain list."""
-    return [int(i) for i in result.final_ids]
 
 
 # probabilities 0.5, 0.3, 0.15, 0.05 (ids 0..3)

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from sampling_helpers import only, softmax, survivors
+
 from tokenlab.sampling import (
     BUILTIN_PRESETS,
     DEFAULT_ORDER,
@@ -21,7 +23,6 @@ from tokenlab.sampling import (
     MIROSTAT_MU,
     STAGE_NAMES,
     Pipeline,
-    PipelineResult,
     SamplerParams,
     distribution,
     dry_breaker_sequences,
@@ -34,25 +35,6 @@ INF = math.inf
 PROBS = [0.5, 0.3, 0.15, 0.05]
 LOG_PROBS = [math.log(p) for p in PROBS]
 ORIGINAL_SIX = ("penalties", "top_k", "typical_p", "top_p", "min_p", "temperature")
-
-
-def softmax(values: list[float]) -> np.ndarray:
-    """Reference softmax in float64."""
-    array = np.asarray(values, dtype=np.float64)
-    weights = np.exp(array - array.max())
-    return weights / weights.sum()
-
-
-def only(
-    stage: str, logits: list[float], history: tuple[int, ...] = (), **params: Any
-) -> PipelineResult:
-    """Run a pipeline with just `stage` enabled."""
-    return Pipeline(SamplerParams(samplers=(stage,), **params)).run(np.array(logits), history)
-
-
-def survivors(result: PipelineResult) -> list[int]:
-    """Final ids as a plain list."""
-    return [int(i) for i in result.final_ids]
 
 
 def kept_probs(kept: list[int]) -> np.ndarray:

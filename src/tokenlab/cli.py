@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.text import Text
 
 from tokenlab import __version__
-from tokenlab.render import heat_legend
+from tokenlab.render import mode_legend
 from tokenlab.sampling import SamplerParams
 
 EXIT_BAD_INPUT = 2
@@ -46,7 +46,7 @@ class UserError(Exception):
 
 
 class OutputFormat(str, Enum):
-    """How generate prints its result."""
+    """How generate and score print their result."""
 
     text = "text"
     jsonl = "jsonl"
@@ -479,7 +479,7 @@ def rollouts(
     *,
     count: Annotated[int, typer.Option("-n", "--count", help="How many continuations to sample.", rich_help_panel="Rollouts")] = 64,
     length: Annotated[int, typer.Option("--length", "-L", help="Tokens per continuation.", rich_help_panel="Rollouts")] = 16,
-    output_format: Annotated[str, typer.Option("--format", "-f", help="text (tables) or jsonl (one object per distinct continuation, then a summary).", rich_help_panel="Output")] = "text",
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="text (tables) or jsonl (one object per distinct continuation, then a summary).", rich_help_panel="Output")] = OutputFormat.text,
     opts: RunOptions,
 ) -> None:
     """Sample N continuations of PROMPT in one batch and check them against the sampler's promise.
@@ -488,11 +488,9 @@ def rollouts(
     empirical check: the observed frequency of each first token next to the probability the pipeline
     predicted, with a chi-square goodness-of-fit p-value.
     """
-    from tokenlab.commands.rollouts import RolloutsFormat, print_rollouts, progress_bar
+    from tokenlab.commands.rollouts import print_rollouts, progress_bar
     from tokenlab.lab.rollouts import run_rollouts
 
-    if output_format not in ("text", "jsonl"):
-        raise UserError(f"--format must be text or jsonl, got {output_format!r}")
     if count < 1:
         raise UserError(f"-n/--count must be at least 1, got {count}")
     if length < 1:
@@ -502,7 +500,7 @@ def rollouts(
     with progress_bar(err_console) as progress:
         result = run_rollouts(engine, tokens, params, n=count, length=length, seed=seed, top_n=opts.top_n,
                               progress=progress)
-    print_rollouts(result, Console(highlight=False), RolloutsFormat(output_format),
+    print_rollouts(result, Console(highlight=False), output_format.value,
                    extra={"model": engine.name, "seed": seed})
 
 
@@ -554,7 +552,8 @@ def export(
 ) -> None:
     """Export the branch on screen of a saved session as Markdown or a standalone HTML page."""
     from tokenlab.export import to_html, to_markdown
-    from tokenlab.lab.session import SessionError, write_text_atomic
+    from tokenlab.files import write_text_atomic
+    from tokenlab.lab.session import SessionError
     from tokenlab.lab.session import load as load_session
 
     with user_errors():
@@ -569,19 +568,12 @@ def export(
             err_console.print(f"wrote {write_text_atomic(output, text)}")
 
 
-class ScoreFormat(str, Enum):
-    """How score prints its result."""
-
-    text = "text"
-    jsonl = "jsonl"
-
-
 @app.command()
 def score(
     file: Annotated[str, typer.Argument(help="Text file to score ('-' reads standard input).", show_default=False)],
     *,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Catalogue name or path to a .gguf file. Default: smollm2-135m.")] = None,
-    output_format: Annotated[ScoreFormat, typer.Option("--format", "-f", help="text (heat-coloured, with a summary) or jsonl (one object per token, then a summary).")] = ScoreFormat.text,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="text (heat-coloured, with a summary) or jsonl (one object per token, then a summary).")] = OutputFormat.text,
     top_n: Annotated[int, typer.Option("--top-n", help="Candidates the model expected, recorded per token.")] = 5,
     ctx_size: Annotated[int, typer.Option("--ctx-size", "-c", help="Context window; longer texts slide across it.")] = 2048,
     threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads. Default: all cores.")] = None,
@@ -615,7 +607,7 @@ def score(
             task = progress.add_task("score", total=None)
             result = score_text(engine, text, top_n=top_n,
                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
-        if output_format is ScoreFormat.jsonl:
+        if output_format is OutputFormat.jsonl:
             for token in result.tokens:
                 sys.stdout.write(json.dumps(token.to_json(), ensure_ascii=False) + "\n")
             sys.stdout.write(json.dumps(result.summary(), ensure_ascii=False) + "\n")
@@ -626,7 +618,7 @@ def score(
             style = "" if token.prob is None else f"black on {heat_color(prob_heat(token.prob))}"
             coloured.append(token.text, style=style)
         console.print(coloured)
-        console.print(heat_legend())
+        console.print(mode_legend("raw"))
         histogram = result.histogram()
         scored = max(1, len(result.scored))
         ranks = " · ".join(f"{label} {histogram[label]} ({100 * histogram[label] / scored:.0f}%)"

@@ -10,7 +10,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 needs the tomli backport
     import tomli as tomllib
 
+from tokenlab.files import write_text_atomic
 from tokenlab.sampling.params import SamplerParams
 from tokenlab.sampling.presets import BUILTIN_PRESETS
 
@@ -153,26 +153,12 @@ def _table(params: SamplerParams) -> dict[str, Any]:
 
 
 def _write(file: Path, presets: dict[str, dict[str, Any]]) -> None:
-    """Write `presets` to `file` atomically: a temp file in the same dir, then os.replace."""
+    """Write `presets` to `file` atomically (the file keeps its permissions)."""
     lines = [_HEADER]
     for name, table in presets.items():
         lines.append(f"\n[presets.{_string(name)}]\n")
         lines.extend(f"{_key(key)} = {_value(value)}\n" for key, value in table.items())
-    file.parent.mkdir(parents=True, exist_ok=True)
-    mode = file.stat().st_mode & 0o777 if file.exists() else 0o644
-    descriptor, temp_name = tempfile.mkstemp(
-        prefix=f".{file.name}.", suffix=".tmp", dir=file.parent
-    )
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            out.write("".join(lines))
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp_name, mode)
-        os.replace(temp_name, file)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(file, "".join(lines))
 
 
 def _string(text: str) -> str:

@@ -37,27 +37,6 @@ def prob_heat(prob: float) -> float:
     return min(1.0, max(0.0, 1.0 + math.log10(prob) / 4.0))
 
 
-def heat_text(steps: Iterable[Step], *, use_final: bool = False) -> Text:
-    """The generated text with each token's background coloured by its probability."""
-    text = Text()
-    for step in steps:
-        shown = step.text if not step.eog else step.piece
-        if not shown:
-            continue
-        shown = shown.replace("\n", "↵\n")
-        prob = step.final_prob if use_final else step.prob
-        text.append(shown, style=f"black on {heat_color(prob_heat(prob))}")
-    return text
-
-
-def heat_legend() -> Text:
-    """A one-line legend of the heat scale."""
-    legend = Text("probability: ")
-    for label, prob in (("<0.01%", 1e-5), ("0.1%", 1e-3), ("1%", 1e-2), ("10%", 0.1), ("50%", 0.5), ("100%", 1.0)):
-        legend.append(f" {label} ", style=f"black on {heat_color(prob_heat(prob))}")
-    return legend
-
-
 def candidates_table(candidates: Iterable[Candidate], *, chosen: int | None = None, title: str | None = None) -> Table:
     """A rich table of candidates: rank, token, raw and final probability, and the stage that removed it."""
     table = Table(title=title, title_justify="left", expand=False, box=box.SIMPLE_HEAD)

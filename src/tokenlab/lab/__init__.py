@@ -7,9 +7,8 @@ from tokenlab.lab.generation import (
     STOP_EOS,
     STOP_MAX_TOKENS,
     Generation,
-    step_rng,
 )
-from tokenlab.lab.step import DEFAULT_TOP_N, Candidate, Frontier, Step, entropy_bits
+from tokenlab.lab.step import DEFAULT_TOP_N, Candidate, Frontier, Step
 
 __all__ = [
     "DEFAULT_TOP_N",
@@ -20,6 +19,4 @@ __all__ = [
     "Frontier",
     "Generation",
     "Step",
-    "entropy_bits",
-    "step_rng",
 ]

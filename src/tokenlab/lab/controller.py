@@ -463,7 +463,8 @@ class LabController:
 
     def _cmd_save(self, path: str) -> None:
         from tokenlab.export import to_html, to_markdown
-        from tokenlab.lab.session import save, write_text_atomic
+        from tokenlab.files import write_text_atomic
+        from tokenlab.lab.session import save
 
         session = self.session()
         try:
@@ -622,14 +623,8 @@ class LabController:
             self._cmd_pause()
         if index >= len(generation.steps):
             frontier = generation.frontier()
-        else:
-            # an earlier step: its logits again (the KV cache keeps the prefix; continuing later decodes
-            # only what comes after it), through today's knobs with that step's sampler state
-            context = [*generation.prompt_tokens, *(step.id for step in generation.steps[:index])]
-            frontier = Frontier(logits=self.engine.evaluate(context), history=tuple(context),
-                                params=self.settings.params, rng_key=(generation.seed, index),
-                                state=generation.steps[index - 1].sampler_state if index else None,
-                                step_index=index)
+        else:  # an earlier step, through today's knobs
+            frontier = generation.frontier_at(index, self.settings.params)
         ids = [int(i) for i in frontier.top_ids(n)]
         if index < len(generation.steps) and generation.steps[index].id not in ids:
             ids.append(generation.steps[index].id)

@@ -6,7 +6,6 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 
 from tokenlab.engine import Engine, EngineError, Utf8Stream
 from tokenlab.lab.step import DEFAULT_TOP_N, Frontier, Step
@@ -15,15 +14,6 @@ from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams
 STOP_EOS = "eos"
 STOP_MAX_TOKENS = "max_tokens"
 STOP_CONTEXT_FULL = "context_full"
-
-
-def step_rng(seed: int, index: int) -> np.random.Generator:
-    """The random generator for step `index` of a run with `seed` (what Frontier.rng starts as).
-
-    Each step draws from its own stream, seeded by (seed, index), so a run is reproducible and a
-    branch that forces a token at step i continues exactly as a fresh run with that prefix would.
-    """
-    return np.random.default_rng((seed, index))
 
 
 class Generation:
@@ -118,18 +108,20 @@ class Generation:
     def frontier(self) -> Frontier:
         """The next step's retained logits and pipeline result (decodes what the cache lacks)."""
         if self._frontier is None:
-            context = self.context
-            logits = self.engine.evaluate(context)
             if self._pipeline is None or self._pipeline.params is not self.params:
                 self._pipeline = Pipeline(self.params)
-            index = len(self.steps)
-            self._frontier = Frontier(logits=logits, history=tuple(context), params=self.params,
-                                      pipeline=self._pipeline, rng_key=(self.seed, index),
-                                      state=self.steps[-1].sampler_state if self.steps else None,
-                                      step_index=index)
+            self._frontier = self.frontier_at(len(self.steps), self.params, self._pipeline)
         elif self._frontier.params != self.params:
             self._frontier.resample(self.params)
         return self._frontier
+
+    def frontier_at(self, index: int, params: SamplerParams, pipeline: Pipeline | None = None) -> Frontier:
+        """Step `index` as it stood before its token was drawn: its logits (decoded again for an earlier step;
+        the KV cache keeps the prefix), that step's sampler state and random stream, through `params`."""
+        context = [*self.prompt_tokens, *(step.id for step in self.steps[:index])]
+        return Frontier(logits=self.engine.evaluate(context), history=tuple(context), params=params,
+                        pipeline=pipeline, rng_key=(self.seed, index),
+                        state=self.steps[index - 1].sampler_state if index else None, step_index=index)
 
     def set_params(self, params: SamplerParams) -> PipelineResult | None:
         """Use new knobs from the next token on; returns the frontier re-sampled with them, if any."""

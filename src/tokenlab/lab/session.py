@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tokenlab.files import write_text_atomic
 from tokenlab.lab.step import Candidate, Step
 from tokenlab.lab.tree import GenerationTree, TreeNode
 from tokenlab.sampling import SamplerParams
@@ -111,23 +111,6 @@ def autosave_path() -> Path:
 
     base = os.environ.get("TOKENLAB_DATA") or platformdirs.user_data_dir("tokenlab")
     return Path(base) / "autosave.json"
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` to `path` through a temp file in the same directory and a rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return target
 
 
 def load(path: str | os.PathLike[str]) -> Session:

@@ -95,12 +95,6 @@ class Step:
         }
 
 
-def entropy_bits(probs: np.ndarray) -> float:
-    """Shannon entropy of a probability vector, in bits (zeros ignored)."""
-    nonzero = probs[probs > 0]
-    return max(0.0, float(-(nonzero * np.log2(nonzero)).sum())) if nonzero.size else 0.0
-
-
 @dataclass
 class Frontier:
     """The step about to be sampled: its full logits row is kept so knobs can re-sample it live."""
