@@ -755,7 +755,14 @@ def _mount_models() -> None:
     app.add_typer(models_app, name="models", help="List, pull and locate GGUF models.")
 
 
+def _mount_doctor() -> None:
+    from tokenlab.commands.doctor import doctor
+
+    app.command("doctor")(doctor)
+
+
 _mount_models()
+_mount_doctor()
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenlab.engine.system import BuildInfo, build_info, without_extra_buffer_types
 from tokenlab.engine.text import escape_piece
+
+
+@functools.cache
+def cached_build_info() -> BuildInfo:
+    """The installed llama.cpp's build facts (they cannot change within a process)."""
+    return build_info()
 
 
 class EngineError(Exception):
@@ -29,6 +38,8 @@ class EngineOptions:
     """Layers offloaded to the GPU (Metal or CUDA builds); -1 offloads all."""
     n_batch: int = 512
     """Tokens decoded per llama_decode call when evaluating a prompt."""
+    extra_buffer_types: bool | None = None
+    """llama.cpp's extra CPU buffer types (weight repacking, the AMX matmul); None: off when the build holds AMX code."""
 
     def __post_init__(self) -> None:
         if self.n_ctx < 16:
@@ -57,17 +68,25 @@ class Engine:
         if not self.model_path.is_file():
             raise EngineError(f"model file not found: {self.model_path}")
         n_threads = self.options.n_threads or os.cpu_count() or 1
+        extra_buffer_types = self.options.extra_buffer_types
+        if extra_buffer_types is None:
+            # AMX tile instructions fault on some VMs that advertise them; set-up never builds them,
+            # but a plain `pip install` compiles with -march=native
+            extra_buffer_types = not cached_build_info().has_amx
+        self.extra_buffer_types = extra_buffer_types
+        guard = contextlib.nullcontext() if extra_buffer_types else without_extra_buffer_types()
         try:
-            self._llama = llama_cpp.Llama(
-                model_path=str(self.model_path),
-                n_ctx=self.options.n_ctx,
-                n_batch=min(self.options.n_batch, self.options.n_ctx),
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=self.options.n_gpu_layers,
-                logits_all=False,
-                verbose=False,
-            )
+            with guard:
+                self._llama = llama_cpp.Llama(
+                    model_path=str(self.model_path),
+                    n_ctx=self.options.n_ctx,
+                    n_batch=min(self.options.n_batch, self.options.n_ctx),
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    n_gpu_layers=self.options.n_gpu_layers,
+                    logits_all=False,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             raise EngineError(
                 f"llama.cpp could not load {self.model_path.name}: {exc} "
