@@ -45,11 +45,12 @@ class Texts:
     plain: str
 
 
-def generate(engine: Engine, params: SamplerParams, seed: int) -> list[int]:
-    """LENGTH tokens (or fewer at the end of the turn) from the chat prompt."""
+def generate(engine: Engine, params: SamplerParams, seed: int, length: int = LENGTH) -> list[int]:
+    """`length` tokens (or fewer at the end of the turn) from the chat prompt."""
     generation = Generation(engine, engine.format_prompt(PROMPT, chat=True), params, seed=seed,
-                            max_tokens=LENGTH, record=False)
-    generation.run()
+                            max_tokens=length, record=False)
+    for _ in generation.run():
+        pass
     return [token for token in generation.generated_ids if not engine.is_eog(token)]
 
 
@@ -84,30 +85,35 @@ def test_right_key_detects_the_watermark_and_wrong_keys_do_not(engine: Engine, t
 def test_unwatermarked_and_paraphrased_text(engine: Engine, texts: Texts) -> None:
     marked = detect_watermark(texts.watermarked_ids, key=KEY, n_vocab=engine.n_vocab).z
     plain = detect_watermark(texts.plain_ids, key=KEY, n_vocab=engine.n_vocab).z
-    assert abs(plain) < 3, plain
-    # a paraphrase that swaps every second word for the plain text's word at that place
+    assert abs(plain) < 3, plain  # measured 0.0
+    # a paraphrase that swaps every second word for the plain text's word at that place: each swap
+    # also changes the context of the next word's first token, so little of the watermark is left
     words = texts.watermarked.split(" ")
     others = [word for word in texts.plain.split(" ") if word.strip()]
     swapped = [others[i % len(others)] if i % 2 else word for i, word in enumerate(words)]
     paraphrase = score_text(engine, " ".join(swapped), top_n=0, watermark=WatermarkTest(KEY)).watermark
     assert paraphrase is not None
-    assert plain < paraphrase.z < marked, (plain, paraphrase.z, marked)
+    # between: far below the watermarked text (measured 0.95 against 8.2), not below chance
+    assert -2 < paraphrase.z < marked / 2, (plain, paraphrase.z, marked)
 
 
 def test_selfhash_watermark_is_detected_with_its_scheme(engine: Engine) -> None:
     params = SamplerParams(temperature=1.0, watermark_key=KEY, watermark_scheme="selfhash")
-    ids = generate(engine, params, seed=5)[:120]
-    assert detect_watermark(ids, key=KEY, n_vocab=engine.n_vocab, scheme="selfhash").z > 4
+    ids = generate(engine, params, seed=5, length=160)
+    assert detect_watermark(ids, key=KEY, n_vocab=engine.n_vocab, scheme="selfhash").z > 4  # 5.5 at 120 tokens
     assert abs(detect_watermark(ids, key=KEY + 1, n_vocab=engine.n_vocab, scheme="selfhash").z) < 3
 
 
-def test_fast_detectgpt_puts_model_text_above_human_text(engine: Engine) -> None:
-    """Bao et al.: machine text is likelier than the model's typical sample; human text is not."""
-    model_ids = generate(engine, SamplerParams(), seed=3)  # llama.cpp's default sampler
-    model_text = score_text(engine, engine.detokenize(model_ids), top_n=0).fast_detectgpt
+def test_fast_detectgpt_puts_model_text_above_human_text(engine: Engine, texts: Texts) -> None:
+    """Bao et al.: machine text is likelier than the model's typical sample; human text is not.
+
+    The model text is the plain generation (temperature 1 with llama.cpp's default top-k, top-p and
+    min-p: truncation keeps the likely tokens).  Measured: d 3.9 for it, -0.6 for Darwin.
+    """
+    model_text = score_text(engine, texts.plain, top_n=0).fast_detectgpt
     human_text = score_text(engine, HUMAN_TEXT, top_n=0).fast_detectgpt
-    assert model_text > human_text, (model_text, human_text)
-    assert model_text > 1 and human_text < 1, (model_text, human_text)
+    assert model_text > human_text + 2, (model_text, human_text)
+    assert model_text > 2 and human_text < 1, (model_text, human_text)
 
 
 def test_score_command_reports_the_watermark(tmp_path: Path, texts: Texts, model_path: Path) -> None:
@@ -124,7 +130,7 @@ def test_score_command_reports_the_watermark(tmp_path: Path, texts: Texts, model
     assert lines[0]["green"] is None and lines[0]["counted"] is False  # no context before it
     assert sum(line["green"] is True and line["counted"] for line in lines[:-1]) == summary["watermark"]["green"]
     text = subprocess.run([*command, "--format", "text"], capture_output=True, text=True, timeout=180,
-                          env={**env, "FORCE_COLOR": "1", "TERM": "xterm-256color"})
+                          env={**env, "FORCE_COLOR": "1", "COLORTERM": "truecolor"})
     assert text.returncode == 0, text.stderr
     assert "Fast-DetectGPT d" in text.stdout and "watermark (lefthash, γ 0.25)" in text.stdout
     assert "48;2;47;158;68" in text.stdout  # green tokens have the green-list background (#2f9e44)
