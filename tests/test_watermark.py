@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -236,3 +237,33 @@ def test_fast_detectgpt_against_a_direct_computation() -> None:
     likeliest = ScoreResult((tokens[0], _token(1, first, 0), _token(2, third, 0)), "test", 1)
     unlikeliest = ScoreResult((tokens[0], _token(1, first, 2), _token(2, third, 1)), "test", 1)
     assert likeliest.fast_detectgpt > 0 > unlikeliest.fast_detectgpt
+
+
+# -- like any stage: stage view, presets ------------------------------------------------------------
+
+
+def test_stage_view_shows_the_watermark_moving_probabilities(tmp_path) -> None:
+    from rich.console import Console
+
+    from tokenlab.lab.stages import stage_view
+    from tokenlab.presets import load_preset, save_preset
+    from tokenlab.render import stage_view_tables
+
+    logits = np.random.default_rng(2).standard_normal(1_000)
+    history = [3, 1, 4]
+    params = SamplerParams(watermark_key=77, top_p=1.0, min_p=0.0, temperature=1.0)
+    result = Pipeline(params).run(logits, history)
+    assert [report.name for report in result.stages] == ["watermark", "top_k"]
+    green = green_mask(77, history, 1_000, 0.25)
+    ids = [int(np.flatnonzero(green)[0]), int(np.flatnonzero(~green)[0])]
+    view = stage_view(result, raw_stats(logits), ids, str)
+    row = view.rows[0]
+    assert row.name == "watermark" and row.kept == 1_000 and row.details["green"] == 250
+    assert row.probs[0] > view.raw_probs[0] and row.probs[1] < view.raw_probs[1]  # green up, red down
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(stage_view_tables(view)[0])
+    assert "green 250" in console.export_text()
+    # a preset keeps the watermark knobs
+    save_preset("marked", params.replace(watermark_scheme="selfhash"), tmp_path / "presets.toml")
+    loaded = load_preset("marked", tmp_path / "presets.toml")
+    assert (loaded.watermark_key, loaded.watermark_scheme) == (77, "selfhash")

@@ -13,8 +13,8 @@ reference implementation's bit for bit; the test is the same.  Two schemes:
   hash h(v) (splitmix64 of v plus a salt from blake2b keyed with the key, computed once per key and
   vocabulary size); the previous token t picks an odd multiplier a_t (blake2b keyed with the key);
   the green list is the round(gamma·V) ids with the smallest a_t·h(v) mod 2^64 (multiply-shift
-  hashing: one multiply per id and a partition, ~0.2 ms at 49,152 ids).  Exactly gamma of the
-  vocabulary is green, within rounding.
+  hashing: one multiply per id and a partition of a narrow band, ~0.2 ms at 49,152 ids).  Exactly
+  gamma of the vocabulary is green, within rounding.
 - "selfhash" (the reference's self-hashing scheme: context width 4, min-hash, anchored on the
   previous token, salted with the candidate itself): v is green when
   splitmix64(min(m, h(v))·C1 + h(t)·C2 + h(v)) < gamma·2^64, m the smallest h of the last 4 tokens
