@@ -254,6 +254,8 @@ def bench_pipeline(n_vocab: int, iterations: int) -> None:
             dynatemp_range=0.3, temperature_end=0.5, temperature_steps=50,
         ),
         "mirostat v2 preset": SamplerParams.from_preset("mirostat"),
+        "default + watermark (lefthash)": SamplerParams(watermark_key=42),
+        "default + watermark (selfhash)": SamplerParams(watermark_key=42, watermark_scheme="selfhash"),
     }
     print(f"\n== pipeline on a {n_vocab:,}-token float32 row, {iterations} iterations (median, ms/step)")
     draw_rng = np.random.default_rng(1)

@@ -627,7 +627,8 @@ def test_reports_show_kept_mass_and_cutoffs_for_every_filter() -> None:
 
 def test_order_presets() -> None:
     assert order_preset("llama.cpp") == DEFAULT_ORDER
-    assert order_preset("transformers")[2:] == (
+    assert order_preset("transformers")[2] == "watermark"  # the last logits processor
+    assert order_preset("transformers")[3:] == (
         "temperature",
         "top_k",
         "top_p",

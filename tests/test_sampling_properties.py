@@ -94,6 +94,10 @@ def sampler_params(draw: st.DrawFn, n_vocab: int) -> SamplerParams:
         no_repeat_ngram_size=draw(st.integers(0, 4)),
         scaled_frequency=draw(st.one_of(st.just(1.0), st.floats(1.0, 1e3))),
         scaled_presence=draw(st.one_of(st.just(1.0), st.floats(1.0, 1e3))),
+        watermark_key=draw(st.one_of(st.none(), st.integers(0, 2**63 - 1))),
+        watermark_gamma=draw(st.floats(0.01, 0.99)),
+        watermark_delta=draw(st.one_of(st.just(0.0), st.floats(0.0, 1e3))),
+        watermark_scheme=draw(st.sampled_from(["lefthash", "selfhash"])),
     )
 
 

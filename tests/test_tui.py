@@ -371,6 +371,41 @@ async def test_score_screen_colours_a_pasted_text(finished_engine, tmp_path) -> 
         assert "".join(step.text for step in app.screen.steps) == "Once upon a time, there was a keeper."
 
 
+async def test_score_screen_shows_the_watermark_test_for_the_labs_key(finished_engine) -> None:
+    from textual.widgets import Static
+
+    from tokenlab.sampling.watermark import detect_watermark
+    from tokenlab.tui.screens.score import ScoreScreen
+
+    engine, apps = finished_engine
+    app = make_app(engine, params=SamplerParams(ban=(engine.eos_id,), watermark_key=5))
+    apps.append(app)
+    text = "The capital of France is Paris, and the capital of Italy is Rome."
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("g")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptEditor))
+        app.screen.query_one(TextArea).text = text
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ScoreScreen))
+        screen = app.screen
+        ids = [step.id for step in screen.steps]
+        expected = detect_watermark(ids, key=5, n_vocab=engine.n_vocab)
+        assert screen.watermark == tuple(zip(expected.green, expected.counted))
+        assert screen.summary["watermark"]["green"] == expected.green_count
+        assert isinstance(screen.summary["fast_detectgpt"], float)
+        summary_text = str(screen.query_one("#score-summary", Static).render())
+        assert "Fast-DetectGPT d" in summary_text and "watermark (lefthash" in summary_text
+        view = screen.query_one(TokenView)
+        assert view.colour_mode == "watermark"
+        assert "green list" in str(screen.query_one("#score-legend", Static).render())
+        shown = str(screen.query_one(CandidatesTable).render())
+        assert ("· green" if expected.green[screen.cursor] else "· red") in shown  # the cursor's token
+        await pilot.press("c")
+        assert view.colour_mode == "raw"  # the cycle goes on through the GLTR colourings
+
+
 async def test_stage_view_presets_and_stage_order(finished_engine, tmp_path, monkeypatch) -> None:
     from tokenlab.tui.screens.dialogs import PresetScreen, StageScreen
 

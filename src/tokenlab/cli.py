@@ -125,6 +125,10 @@ class RunOptions:
     no_repeat_ngram_size: int = _SAMPLER_DEFAULTS.no_repeat_ngram_size
     scaled_frequency: float = _SAMPLER_DEFAULTS.scaled_frequency
     scaled_presence: float = _SAMPLER_DEFAULTS.scaled_presence
+    watermark_key: int | None = _SAMPLER_DEFAULTS.watermark_key
+    watermark_gamma: float = _SAMPLER_DEFAULTS.watermark_gamma
+    watermark_delta: float = _SAMPLER_DEFAULTS.watermark_delta
+    watermark_scheme: str = _SAMPLER_DEFAULTS.watermark_scheme
     logit_bias: list[str] = field(default_factory=list)
     ban: list[str] = field(default_factory=list)
     samplers: str | None = None
@@ -179,6 +183,10 @@ _SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "no_repeat_ngram_size": (int, typer.Option("--no-repeat-ngram-size", help="Never repeat an n-gram of this size (transformers); 0 = off.", rich_help_panel="More samplers")),
     "scaled_frequency": (float, typer.Option("--scaled-frequency", help="Frequency penalty as a per-token temperature (>= 1; 1 = off).", rich_help_panel="More samplers")),
     "scaled_presence": (float, typer.Option("--scaled-presence", help="Presence penalty as a per-token temperature (>= 1; 1 = off).", rich_help_panel="More samplers")),
+    "watermark_key": (Optional[int], typer.Option("--watermark-key", help="KGW watermark: key of the green lists (an integer); unset = no watermark. `tokenlab score --watermark-key K` detects it.", rich_help_panel="Watermark")),
+    "watermark_gamma": (float, typer.Option("--watermark-gamma", help="Watermark: fraction of the vocabulary in each green list.", rich_help_panel="Watermark")),
+    "watermark_delta": (float, typer.Option("--watermark-delta", help="Watermark: added to the green tokens' logits; 0 = off.", rich_help_panel="Watermark")),
+    "watermark_scheme": (str, typer.Option("--watermark-scheme", help="Watermark green lists: lefthash (the previous token) or selfhash (4 tokens, salted with the candidate).", rich_help_panel="Watermark")),
     "top_n": (int, typer.Option("--top-n", help="Candidates recorded per step.", rich_help_panel="Output")),
 }
 
@@ -267,7 +275,7 @@ _KNOB_FIELDS = (
     "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "mirostat", "mirostat_tau",
     "mirostat_eta", "dynatemp_range", "dynatemp_exponent", "temperature_end", "temperature_steps",
     "temperature_curve", "epsilon_cutoff", "eta_cutoff", "top_a", "no_repeat_ngram_size", "scaled_frequency",
-    "scaled_presence",
+    "scaled_presence", "watermark_key", "watermark_gamma", "watermark_delta", "watermark_scheme",
 )
 """RunOptions fields that are SamplerParams fields of the same name."""
 
@@ -289,7 +297,11 @@ def base_params(opts: RunOptions) -> Any:
     if opts.samplers is not None:
         order = opts.samplers.strip()
         changes["samplers"] = ORDER_PRESETS[order] if order in ORDER_PRESETS else parse_samplers(order)
-    return base.replace(**changes) if changes else base
+    params = base.replace(**changes) if changes else base
+    if params.watermark_key is not None and "watermark" not in params.samplers:
+        raise UserError("--watermark-key needs the watermark stage, which this --samplers order leaves out: "
+                        "add 'watermark' to it (before the first cut, e.g. after 'dry')")
+    return params
 
 
 def sampler_params(opts: RunOptions, engine: Any = None) -> Any:
@@ -578,16 +590,25 @@ def score(
     ctx_size: Annotated[int, typer.Option("--ctx-size", "-c", help="Context window; longer texts slide across it.")] = 2048,
     threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads. Default: all cores.")] = None,
     gpu_layers: Annotated[int, typer.Option("--gpu-layers", "-ngl", help="Layers to offload to the GPU; -1 for all.")] = 0,
+    watermark_key: Annotated[Optional[int], typer.Option("--watermark-key", help="Test the text for the KGW watermark of this key (as generated with --watermark-key).", rich_help_panel="Watermark")] = None,
+    watermark_gamma: Annotated[float, typer.Option("--watermark-gamma", help="Green fraction the text was generated with.", rich_help_panel="Watermark")] = _SAMPLER_DEFAULTS.watermark_gamma,
+    watermark_scheme: Annotated[str, typer.Option("--watermark-scheme", help="Green-list scheme the text was generated with: lefthash or selfhash.", rich_help_panel="Watermark")] = _SAMPLER_DEFAULTS.watermark_scheme,
 ) -> None:
     """Score an existing text: the probability, rank and entropy the model gives each of its tokens."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from tokenlab.lab.score import RANK_BUCKETS, score_text
-    from tokenlab.render import heat_color, prob_heat
+    from tokenlab.lab.score import RANK_BUCKETS, WatermarkTest, score_text
+    from tokenlab.render import detectgpt_text, heat_color, prob_heat, watermark_colour, watermark_legend, watermark_line
 
     with user_errors():
         if top_n < 0:
             raise UserError(f"--top-n must be >= 0, got {top_n}")
+        watermark = None
+        if watermark_key is not None:
+            # the same checks as generation's flags, before the model loads
+            checked = SamplerParams(watermark_key=watermark_key, watermark_gamma=watermark_gamma,
+                                    watermark_scheme=watermark_scheme)
+            watermark = WatermarkTest(watermark_key, checked.watermark_gamma, checked.watermark_scheme)
         if file == "-":
             text = sys.stdin.read()
         else:
@@ -605,29 +626,37 @@ def score(
                       TimeRemainingColumn(), console=err_console, transient=True,
                       disable=not err_console.is_terminal) as progress:
             task = progress.add_task("score", total=None)
-            result = score_text(engine, text, top_n=top_n,
+            result = score_text(engine, text, top_n=top_n, watermark=watermark,
                                 progress=lambda done, total: progress.update(task, completed=done, total=total))
         if output_format is OutputFormat.jsonl:
-            for token in result.tokens:
-                sys.stdout.write(json.dumps(token.to_json(), ensure_ascii=False) + "\n")
+            for index in range(len(result.tokens)):
+                sys.stdout.write(json.dumps(result.token_json(index), ensure_ascii=False) + "\n")
             sys.stdout.write(json.dumps(result.summary(), ensure_ascii=False) + "\n")
             return
         console = Console(highlight=False)
         coloured = Text()
-        for token in result.tokens:
-            style = "" if token.prob is None else f"black on {heat_color(prob_heat(token.prob))}"
+        detection = result.watermark
+        for index, token in enumerate(result.tokens):
+            if detection is not None:  # the watermark test replaces the heat colours
+                style = f"black on {watermark_colour(detection.green[index], detection.counted[index])}"
+            else:
+                style = "" if token.prob is None else f"black on {heat_color(prob_heat(token.prob))}"
             coloured.append(token.text, style=style)
         console.print(coloured)
-        console.print(mode_legend("raw"))
+        console.print(watermark_legend() if detection is not None else mode_legend("raw"))
         histogram = result.histogram()
+        summary = result.summary()
         scored = max(1, len(result.scored))
         ranks = " · ".join(f"{label} {histogram[label]} ({100 * histogram[label] / scored:.0f}%)"
                            for _, label in RANK_BUCKETS)
         console.print(
             f"{len(result.tokens)} tokens · mean log-prob {result.mean_logprob:.3f} nats · "
-            f"perplexity {result.perplexity:.2f} · {result.windows} window{'s' if result.windows != 1 else ''}"
+            f"perplexity {result.perplexity:.2f} · {detectgpt_text(summary['fast_detectgpt'])} · "
+            f"{result.windows} window{'s' if result.windows != 1 else ''}"
         )
         console.print(f"ranks: {ranks}")
+        if "watermark" in summary:
+            console.print(watermark_line(summary["watermark"]))
 
 
 DEFAULT_LAB_PROMPT = "Write a short story about a lighthouse keeper."

@@ -116,6 +116,42 @@ def mode_legend(mode: str) -> Text:
     return legend
 
 
+# -- the watermark test --------------------------------------------------------------------------
+
+WATERMARK_COLOURS: dict[str, str] = {"green": "#2f9e44", "red": "#c92a2a", "uncounted": UNSCORED_COLOUR}
+"""Backgrounds of a tested text: green-list tokens, the rest, and tokens the test did not count."""
+
+
+def watermark_colour(green: bool | None, counted: bool) -> str:
+    """The background of a token under the watermark test."""
+    if green is None or not counted:
+        return WATERMARK_COLOURS["uncounted"]
+    return WATERMARK_COLOURS["green" if green else "red"]
+
+
+def watermark_legend() -> Text:
+    """A one-line legend for the watermark colouring."""
+    legend = Text("watermark: ")
+    for label, key in (("green list", "green"), ("red list", "red"), ("not counted (no context / repeat)", "uncounted")):
+        legend.append(f" {label} ", style=f"black on {WATERMARK_COLOURS[key]}")
+    return legend
+
+
+def watermark_line(summary: dict[str, Any]) -> str:
+    """The watermark test in one line: green count, z-score and p-value."""
+    counted = summary["counted"]
+    if not counted or summary.get("z") is None:
+        return f"watermark ({summary['scheme']}, γ {summary['gamma']:g}): no token to test"
+    return (f"watermark ({summary['scheme']}, γ {summary['gamma']:g}): {summary['green']} of {counted} counted "
+            f"tokens green ({100 * summary['green'] / counted:.1f}%, expected {100 * summary['gamma']:.0f}%) · "
+            f"z {summary['z']:.2f} · p {summary['p_value']:.2g}")
+
+
+def detectgpt_text(value: float | None) -> str:
+    """Fast-DetectGPT's criterion for a summary line (higher: more like the model's own text)."""
+    return "Fast-DetectGPT d n/a" if value is None else f"Fast-DetectGPT d {value:.2f}"
+
+
 SPARK = " ▁▂▃▄▅▆▇█"
 
 
@@ -140,7 +176,7 @@ def stage_view_tables(view: Any, *, token_width: int = 24) -> tuple[Table, Table
     summary.add_row("", "raw", f"{view.n_vocab:,}", "1.0000", "")
     for index, row in enumerate(view.rows, start=1):
         extra = ""
-        for key in ("effective_temperature", "mu", "sigma", "fired"):
+        for key in ("effective_temperature", "mu", "sigma", "fired", "green"):
             if key in row.details:
                 value = row.details[key]
                 extra = f" {key.replace('_', ' ')} {value:.3g}" if isinstance(value, float) else f" {key} {value}"

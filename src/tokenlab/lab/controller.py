@@ -136,6 +136,8 @@ class ScoreReady(LabEvent):
 
     steps: tuple[Step, ...]
     summary: dict[str, Any] = field(compare=False)
+    watermark: tuple[tuple[bool | None, bool], ...] | None = None
+    """Per token (green, counted) of the watermark test, when the lab's watermark key is set."""
 
 
 @dataclass(frozen=True)
@@ -605,13 +607,20 @@ class LabController:
 
     def _cmd_score(self, text: str) -> None:
         """Score a text on this thread (all decoding of the process stays here), as step records."""
-        from tokenlab.lab.score import score_text, scored_steps
+        from tokenlab.lab.score import WatermarkTest, score_text, scored_steps
 
         assert self.engine is not None
         if self.running:
             self._cmd_pause()
-        result = score_text(self.engine, text, top_n=self.settings.top_n)
-        self.emit(ScoreReady(scored_steps(result), result.summary()))
+        params = self.settings.params
+        # the lab's own watermark knobs say which watermark to test for
+        watermark = (None if params.watermark_key is None
+                     else WatermarkTest(params.watermark_key, params.watermark_gamma, params.watermark_scheme))
+        result = score_text(self.engine, text, top_n=self.settings.top_n, watermark=watermark)
+        marks = None
+        if result.watermark is not None:
+            marks = tuple(zip(result.watermark.green, result.watermark.counted))
+        self.emit(ScoreReady(scored_steps(result), result.summary(), marks))
 
     def _cmd_stage_view(self, index: int, n: int = 8) -> None:
         """The distribution after every stage at step `index` (len(steps) = the next step), current knobs."""

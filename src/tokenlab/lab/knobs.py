@@ -104,6 +104,12 @@ KNOBS: tuple[KnobSpec, ...] = (
              help="frequency penalty as a temperature; 1 = off"),
     KnobSpec("scaled_presence", "scaled pres.", "scaled_penalties", 1.0, 3.0, 0.05, 0.25,
              help="presence penalty as a temperature; 1 = off"),
+    KnobSpec("watermark_key", "watermark key", "watermark", 0, 999_999, 1, 100, integer=True, optional=True,
+             help="KGW watermark key (score detects it); off = none"),
+    KnobSpec("watermark_gamma", "wm. gamma", "watermark", 0.01, 0.99, 0.01, 0.05,
+             help="watermark: green fraction of the vocabulary"),
+    KnobSpec("watermark_delta", "wm. delta", "watermark", 0.0, 10.0, 0.1, 0.5,
+             help="watermark: added to green logits; 0 = off"),
 )
 """Every knob, in the order the knob panel lists them."""
 

@@ -17,6 +17,7 @@ import numpy as np
 from tokenlab.engine import Engine, EngineError
 from tokenlab.lab.step import Candidate, Step
 from tokenlab.sampling import raw_stats
+from tokenlab.sampling.watermark import WatermarkDetection, detect_watermark
 
 RANK_BUCKETS: tuple[tuple[int, str], ...] = ((10, "top-10"), (100, "top-100"), (1000, "top-1000"), (2**62, "rest"))
 """GLTR's rank buckets: a token's rank falls in the first bucket whose limit it does not exceed."""
@@ -25,6 +26,15 @@ RANK_BUCKETS: tuple[tuple[int, str], ...] = ((10, "top-10"), (100, "top-100"), (
 def rank_bucket(rank: int) -> str:
     """The GLTR bucket of a 1-based rank."""
     return next(label for limit, label in RANK_BUCKETS if rank <= limit)
+
+
+@dataclass(frozen=True)
+class WatermarkTest:
+    """Which watermark to test a scored text for: the key, gamma and scheme it was generated with."""
+
+    key: int
+    gamma: float = 0.25
+    scheme: str = "lefthash"
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,10 @@ class ScoredToken:
     """Entropy of the model's distribution at this position, in bits."""
     top: tuple[ScoredCandidate, ...]
     """What the model expected here, most likely first."""
+    expected_logprob: float | None = None
+    """Mean of log p over the model's own distribution here (minus the entropy, in nats)."""
+    logprob_variance: float | None = None
+    """Variance of log p over the model's own distribution here (nats²)."""
 
     def to_json(self) -> dict[str, Any]:
         """The token as the JSON object `tokenlab score --format jsonl` prints."""
@@ -79,6 +93,8 @@ class ScoreResult:
     model: str
     windows: int
     """How many context windows the text needed."""
+    watermark: WatermarkDetection | None = None
+    """The watermark test over the text's tokens, when a key was given."""
 
     @property
     def scored(self) -> list[ScoredToken]:
@@ -96,6 +112,22 @@ class ScoreResult:
         """exp(-mean log-probability)."""
         return math.exp(-self.mean_logprob) if self.scored else math.nan
 
+    @property
+    def fast_detectgpt(self) -> float:
+        """Fast-DetectGPT's analytic criterion with the scoring model as its own reference.
+
+        d = (sum log p(x_t) - sum mu_t) / sqrt(sum sigma_t²), mu_t and sigma_t² the mean and
+        variance of log p under the model's distribution at position t (Bao et al. 2024): how much
+        likelier the text is than what the model itself would typically sample.  NaN when nothing
+        was scored or every position was certain.
+        """
+        scored = [t for t in self.scored if t.expected_logprob is not None and t.logprob_variance is not None]
+        variance = sum(t.logprob_variance for t in scored)  # type: ignore[misc]
+        if not scored or variance <= 0 or any(t.logprob == -math.inf for t in scored):
+            return math.nan
+        excess = sum(t.logprob - t.expected_logprob for t in scored)  # type: ignore[operator]
+        return excess / math.sqrt(variance)
+
     def histogram(self) -> dict[str, int]:
         """How many scored tokens fall in each GLTR rank bucket."""
         counts = {label: 0 for _, label in RANK_BUCKETS}
@@ -105,7 +137,8 @@ class ScoreResult:
 
     def summary(self) -> dict[str, Any]:
         """The summary as plain JSON values."""
-        return {
+        detectgpt = self.fast_detectgpt
+        summary = {
             "done": True,
             "model": self.model,
             "tokens": len(self.tokens),
@@ -113,8 +146,20 @@ class ScoreResult:
             "mean_logprob": self.mean_logprob,
             "perplexity": self.perplexity,
             "ranks": self.histogram(),
+            "fast_detectgpt": None if math.isnan(detectgpt) else detectgpt,
             "windows": self.windows,
         }
+        if self.watermark is not None:
+            summary["watermark"] = self.watermark.summary()
+        return summary
+
+    def token_json(self, index: int) -> dict[str, Any]:
+        """Token `index` as `score --format jsonl` prints it (with its watermark test when there is one)."""
+        record = self.tokens[index].to_json()
+        if self.watermark is not None:
+            record["green"] = self.watermark.green[index]
+            record["counted"] = self.watermark.counted[index]
+        return record
 
 
 def score_tokens(
@@ -124,8 +169,12 @@ def score_tokens(
     context: list[int] | None = None,
     top_n: int = 5,
     progress: Callable[[int, int], None] | None = None,
+    watermark: WatermarkTest | None = None,
 ) -> ScoreResult:
-    """Score `token_ids` (after the optional `context` ids, e.g. a BOS) in chunks, sliding if needed."""
+    """Score `token_ids` (after the optional `context` ids, e.g. a BOS) in chunks, sliding if needed.
+
+    With `watermark`, the tokens are also tested for that watermark (see sampling/watermark.py).
+    """
     from tokenlab.engine.text import Utf8Stream
 
     if not token_ids:
@@ -135,7 +184,7 @@ def score_tokens(
     context = list(context or [])
     full = context + list(token_ids)
     n_ctx = engine.n_ctx
-    predictions: dict[int, tuple[float, int, float, tuple[ScoredCandidate, ...]]] = {}
+    predictions: dict[int, tuple[float, int, float, tuple[ScoredCandidate, ...], tuple[float, float]]] = {}
 
     def on_row(position: int, logits: np.ndarray, offset: int) -> None:
         target_index = offset + position + 1  # this row predicts the next token of `full`
@@ -150,6 +199,7 @@ def score_tokens(
             stats.rank(target) + 1,
             stats.entropy_bits,
             tuple(ScoredCandidate(int(i), engine.token_text(int(i)), float(p)) for i, p in zip(top_ids, top_probs)),
+            stats.logprob_moments(),
         )
         if progress is not None:
             progress(len(predictions), len(full) - max(1, len(context)))
@@ -178,15 +228,19 @@ def score_tokens(
         if prediction is None:
             scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id), None, None, None, None, ()))
         else:
-            logprob, rank, entropy, top = prediction
+            logprob, rank, entropy, top, (mean, variance) = prediction
             scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id), math.exp(logprob),
-                                      logprob, rank, entropy, top))
+                                      logprob, rank, entropy, top, mean, variance))
     tail = stream.flush()
     if tail and scored:
         last = scored[-1]
         scored[-1] = ScoredToken(last.index, last.id, last.text + tail, last.piece, last.prob, last.logprob,
-                                 last.rank, last.entropy, last.top)
-    return ScoreResult(tuple(scored), engine.name, windows)
+                                 last.rank, last.entropy, last.top, last.expected_logprob, last.logprob_variance)
+    detection = None
+    if watermark is not None:
+        detection = detect_watermark(token_ids, key=watermark.key, n_vocab=engine.n_vocab, gamma=watermark.gamma,
+                                     scheme=watermark.scheme)
+    return ScoreResult(tuple(scored), engine.name, windows, detection)
 
 
 def score_text(
@@ -195,14 +249,15 @@ def score_text(
     *,
     top_n: int = 5,
     progress: Callable[[int, int], None] | None = None,
+    watermark: WatermarkTest | None = None,
 ) -> ScoreResult:
-    """Score a text as the model reads it raw (with its BOS when it uses one)."""
+    """Score a text as the model reads it raw (with its BOS when it uses one), and test it for `watermark`."""
     if not text.strip():
         raise EngineError("the text is empty: nothing to score")
     with_bos = engine.tokenize(text)
     without_bos = engine.tokenize(text, add_bos=False)
     context = with_bos[: len(with_bos) - len(without_bos)]
-    return score_tokens(engine, without_bos, context=context, top_n=top_n, progress=progress)
+    return score_tokens(engine, without_bos, context=context, top_n=top_n, progress=progress, watermark=watermark)
 
 
 def scored_steps(result: ScoreResult) -> tuple[Step, ...]:

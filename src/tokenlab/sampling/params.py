@@ -9,17 +9,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenlab.sampling import filters, history, mirostat  # noqa: F401  (they register stages)
+from tokenlab.sampling import filters, history, mirostat, watermark  # noqa: F401  (they register stages)
 from tokenlab.sampling._validate import check_bias, check_float, check_int, check_token_id
 from tokenlab.sampling.history import check_breakers
 from tokenlab.sampling.mirostat import check_mirostat
 from tokenlab.sampling.stages import STAGES, check_schedule
+from tokenlab.sampling.watermark import check_gamma, check_scheme, check_watermark_key
 
 DEFAULT_ORDER: tuple[str, ...] = (
     "penalties",
     "scaled_penalties",
     "no_repeat_ngram",
     "dry",
+    "watermark",
     "top_n_sigma",
     "top_k",
     "typical_p",
@@ -34,7 +36,9 @@ DEFAULT_ORDER: tuple[str, ...] = (
 )
 """Every stage in its default place: llama.cpp's common order (penalties; dry; top_n_sigma; top_k;
 typ_p; top_p; min_p; xtc; temperature), the other history stages after penalties, transformers'
-epsilon/eta and webui's top_a after min_p, and mirostat last (llama.cpp runs it after temperature).
+epsilon/eta and webui's top_a after min_p, the watermark before the first cut (transformers runs its
+watermark processor before the warpers, so delta is added to the untruncated, untempered logits), and
+mirostat last (llama.cpp runs it after temperature).
 Stages whose knobs are off are dropped when a Pipeline is built, so they cost nothing."""
 
 STAGE_NAMES: tuple[str, ...] = tuple(
@@ -69,6 +73,7 @@ _ALIASES: dict[str, str] = {
     "no_repeat_ngram_size": "no_repeat_ngram",
     "scaled_penalty": "scaled_penalties",
     "dynatemp": "temperature",
+    "kgw": "watermark",
 }
 
 
@@ -190,6 +195,15 @@ class SamplerParams:
     """Divide a seen token's (shifted) logit by 1 + (this - 1)·count; 1 is off."""
     scaled_presence: float = 1.0
     """... and by a further (this - 1) once it was seen at all; 1 is off (penalty_last_n window)."""
+    # -- the KGW watermark (Kirchenbauer et al. 2023) ------------------------------------------------
+    watermark_key: int | None = None
+    """Key of the green lists; None turns the watermark off."""
+    watermark_gamma: float = 0.25
+    """Fraction of the vocabulary in each green list."""
+    watermark_delta: float = 2.0
+    """Added to the logits of the green tokens; 0 turns the watermark off."""
+    watermark_scheme: str = "lefthash"
+    """"lefthash" (the previous token picks the list) or "selfhash" (see sampling/watermark.py)."""
 
     def __post_init__(self) -> None:
         checked = {
@@ -264,6 +278,12 @@ class SamplerParams:
             "scaled_presence": check_float(
                 "scaled_presence", self.scaled_presence, low=1.0, note=" (1 = off)"
             ),
+            "watermark_key": check_watermark_key(self.watermark_key),
+            "watermark_gamma": check_gamma(self.watermark_gamma),
+            "watermark_delta": check_float(
+                "watermark_delta", self.watermark_delta, low=0.0, note=" (0 = off)"
+            ),
+            "watermark_scheme": check_scheme(self.watermark_scheme),
         }
         end, steps, curve = check_schedule(
             checked["temperature"],  # type: ignore[arg-type]

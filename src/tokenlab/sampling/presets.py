@@ -9,11 +9,13 @@ from tokenlab.sampling.params import DEFAULT_ORDER
 
 ORDER_PRESETS: dict[str, tuple[str, ...]] = {
     "llama.cpp": DEFAULT_ORDER,
-    # transformers runs its logits processors (repetition penalty, no-repeat n-grams) before the
-    # warpers, and the warpers in this order (GenerationMixin._get_logits_processor).
+    # transformers runs its logits processors (repetition penalty, no-repeat n-grams, then the
+    # watermark) before the warpers, and the warpers in this order
+    # (GenerationMixin._get_logits_processor).
     "transformers": (
         "penalties",
         "no_repeat_ngram",
+        "watermark",
         "temperature",
         "top_k",
         "top_p",
@@ -23,9 +25,9 @@ ORDER_PRESETS: dict[str, tuple[str, ...]] = {
         "eta",
     ),
     # temperature 0 keeps the argmax; the penalties still shape which token that is
-    "greedy": ("penalties", "dry", "temperature"),
+    "greedy": ("penalties", "dry", "watermark", "temperature"),
     # llama.cpp's --mirostat 2 replaces the whole chain with temperature, then mirostat
-    "mirostat": ("temperature", "mirostat_v2"),
+    "mirostat": ("watermark", "temperature", "mirostat_v2"),
 }
 """Stage orders by name; `order_preset` looks them up."""
 

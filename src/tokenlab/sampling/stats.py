@@ -127,6 +127,31 @@ class RawStats:
             ids = np.concatenate((ids, rest))
         return ids
 
+    def logprob_moments(self) -> tuple[float, float]:
+        """Mean and variance, in nats, of log p(v) with v drawn from this distribution itself.
+
+        The mean is minus the entropy; with the variance they are Fast-DetectGPT's analytic
+        expectation and variance of a token's log-likelihood under the scoring model.  One more
+        pass over the row, so only callers that need them pay for it.
+        """
+        if self._n_inf or self.max_logit == -math.inf:
+            count = self._n_inf or self.n_vocab  # uniform over the +inf tokens or the whole row
+            return -math.log(count), 0.0
+        logprobs, weights = _scratch(self.n_vocab)
+        np.subtract(self._row, self.log_normalizer, out=logprobs, dtype=np.float64)
+        np.exp(logprobs, out=weights)
+        with np.errstate(invalid="ignore"):
+            # -inf logits give 0·inf = NaN terms: they carry no probability, so nansum drops them
+            np.multiply(weights, logprobs, out=weights)
+            mean = float(np.nansum(weights))
+            np.subtract(logprobs, mean, out=logprobs)
+            np.square(logprobs, out=weights)
+            np.subtract(self._row, self.log_normalizer, out=logprobs, dtype=np.float64)
+            np.exp(logprobs, out=logprobs)
+            np.multiply(weights, logprobs, out=weights)
+            variance = float(np.nansum(weights))
+        return mean, max(0.0, variance)
+
     def _check(self, token_id: int) -> int:
         token_id = int(token_id)
         if not 0 <= token_id < self.n_vocab:

@@ -229,7 +229,7 @@ class LabScreen(Screen[None]):
         elif isinstance(event, ScoreReady):
             from tokenlab.tui.screens.score import ScoreScreen
 
-            self.app.push_screen(ScoreScreen(event.steps, event.summary))
+            self.app.push_screen(ScoreScreen(event.steps, event.summary, event.watermark))
         elif isinstance(event, SessionSaved):
             self.save_path = event.path
             self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)")

@@ -15,7 +15,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from tokenlab.lab.step import Step
-from tokenlab.render import COLOUR_MODES, step_colour
+from tokenlab.render import COLOUR_MODES, step_colour, watermark_colour
 
 NEWLINE_MARK = "↵"
 FRONTIER_MARK = "▍"
@@ -43,7 +43,7 @@ class TokenView(ScrollView, can_focus=True):
     """
 
     colour_mode: reactive[str] = reactive("raw")
-    """How tokens are coloured: raw, final, rank or entropy."""
+    """How tokens are coloured: raw, final, rank or entropy (or watermark, once `set_watermark` was called)."""
 
     def __init__(self, *, id: str | None = None) -> None:  # noqa: A002 - Textual's own name
         super().__init__(id=id)
@@ -61,9 +61,17 @@ class TokenView(ScrollView, can_focus=True):
         self._styles: dict[tuple[str, bool, bool, bool], Style] = {}
         self._strips: dict[tuple[int, int], tuple[list[Segment], Strip]] = {}
         """Rendered lines, reused while the line's segment list is the same object."""
+        self._watermark: tuple[tuple[bool | None, bool], ...] | None = None
+        """Per step (green, counted) of a watermark test, for the "watermark" colour mode."""
 
     def validate_colour_mode(self, mode: str) -> str:
+        if mode == "watermark" and self._watermark is not None:
+            return mode
         return mode if mode in COLOUR_MODES else "raw"
+
+    def set_watermark(self, marks: tuple[tuple[bool | None, bool], ...] | None) -> None:
+        """Per step (green, counted) of a watermark test: the "watermark" colour mode shows them."""
+        self._watermark = marks
 
     def watch_colour_mode(self) -> None:
         self._relayout(full=True)
@@ -133,7 +141,11 @@ class TokenView(ScrollView, can_focus=True):
             step = steps[index]
             label = token_label(step)
             first_line: int | None = None
-            style = self._style(step_colour(step, mode), bool(index % 2), step.forced, index == self._cursor)
+            if mode == "watermark" and self._watermark is not None and index < len(self._watermark):
+                colour = watermark_colour(*self._watermark[index])
+            else:
+                colour = step_colour(step, mode)
+            style = self._style(colour, bool(index % 2), step.forced, index == self._cursor)
             for number, piece in enumerate(label.split("\n") if label else ()):
                 if number:  # a newline inside the token
                     self._lines.append([])
