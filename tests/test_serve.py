@@ -9,8 +9,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
-import time
 import urllib.request
 import zlib
 from pathlib import Path
@@ -138,28 +136,16 @@ class Browser:
 
 
 def test_serve_shows_the_lab_in_chromium(model_path, tmp_path) -> None:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tokenlab", "serve", "The capital of France is", "--raw", "--seed", "1",
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                assert time.monotonic() < deadline, "tokenlab serve did not answer"
-                time.sleep(0.2)
+    from test_serve_security import serving
+
+    with serving() as served:
+        page = urllib.request.urlopen(served.url, timeout=10).read().decode()
         assert "tokenlab" in page and "textual" in page.lower()
 
         async def look() -> int:
             async with Browser(tmp_path / "chromium") as browser:
                 await browser.call("Page.enable")
-                await browser.call("Page.navigate", url=f"http://127.0.0.1:{port}/")
+                await browser.call("Page.navigate", url=served.url)  # the printed URL, with its token
                 coloured = 0
                 for _ in range(120):  # the lab starts in its own process, loads the model, then generates
                     await asyncio.sleep(0.5)
@@ -171,9 +157,6 @@ def test_serve_shows_the_lab_in_chromium(model_path, tmp_path) -> None:
                 return coloured
 
         assert asyncio.run(look()) > 60, "no heat-coloured tokens appeared in the browser (see lab.png)"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def test_html_export_opens_in_chromium_without_errors(engine, tmp_path) -> None:

@@ -68,7 +68,12 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (UserError, EngineError, ModelError, ValueError) as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        from rich.markup import escape
+
+        from tokenlab.engine.text import terminal_safe
+
+        # the message may quote a file name, a token or model metadata: never markup, never terminal commands
+        err_console.print(f"[bold red]error:[/] {escape(terminal_safe(str(exc)))}", markup=True, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -392,6 +397,7 @@ def generate(
     opts: RunOptions,
 ) -> None:
     """Generate text from PROMPT with the sampler knobs, streaming it to stdout."""
+    from tokenlab.engine.text import terminal_safe
     from tokenlab.lab import Generation
 
     engine, tokens, params = prepare_run(prompt, opts, example="tokenlab generate 'Once upon a time'")
@@ -402,12 +408,14 @@ def generate(
         record=output_format is OutputFormat.jsonl,  # plain text needs no candidates or raw statistics
     )
     out = sys.stdout
+    # on a terminal, a token's control characters are shown, not obeyed; a pipe or file gets the text as is
+    shown: Callable[[str], str] = terminal_safe if out.isatty() else str
     started = time.perf_counter()
     for step in generation.run():
         if output_format is OutputFormat.jsonl:
             out.write(json.dumps(step.to_json(), ensure_ascii=False) + "\n")
         else:
-            out.write(step.text)
+            out.write(shown(step.text))
         out.flush()
     wall = time.perf_counter() - started
     tokens = len(generation.steps)
@@ -426,7 +434,7 @@ def generate(
         }
         out.write(json.dumps(summary, ensure_ascii=False) + "\n")
     else:
-        out.write(generation.held_text + "\n")
+        out.write(shown(generation.held_text) + "\n")
         err_console.print(
             f"[dim]{tokens} tokens · {tokens_per_second:.1f} tok/s · stop: {generation.stop_reason} · seed {seed}[/]",
             markup=True,
@@ -444,6 +452,7 @@ def inspect_command(
     opts: RunOptions,
 ) -> None:
     """Show the next-token distribution after PROMPT: the top candidates and what each stage kept."""
+    from tokenlab.engine.text import visible
     from tokenlab.lab import Generation
     from tokenlab.render import candidates_table
 
@@ -473,7 +482,7 @@ def inspect_command(
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
         return
     console = Console(highlight=False)
-    console.print(candidates_table(candidates, title=f"next token after the prompt · {engine.name}"))
+    console.print(candidates_table(candidates, title=f"next token after the prompt · {visible(engine.name)}"))
     if view is not None:
         print_stage_view(console, view)
     pipeline = " → ".join(f"{stage['name']} ({stage['kept']:,})" for stage in stage_rows) or "(no stage active)"
@@ -516,36 +525,86 @@ def rollouts(
                    extra={"model": engine.name, "seed": seed})
 
 
+def forwarded_flags(opts: RunOptions) -> list[str]:
+    """The shared flags whose values differ from their defaults, as arguments for another tokenlab command."""
+    defaults = RunOptions()
+    arguments: list[str] = []
+    for name, (_, option) in _SHARED_OPTIONS.items():
+        value = getattr(opts, name)
+        if value == getattr(defaults, name):
+            continue
+        # in an Annotated typer.Option the first name sits in `default`, the others in `param_decls`
+        names = (option.default, *option.param_decls)
+        flag = next(name for name in names if isinstance(name, str) and name.startswith("--"))
+        if isinstance(value, bool):  # --chat/--raw
+            on, _, off = flag.partition("/")
+            arguments.append(on if value else off)
+        elif isinstance(value, list):
+            arguments += [f"{flag}={item}" for item in value]
+        else:
+            arguments.append(f"{flag}={value}")  # '=' keeps a negative value from reading as a flag
+    return arguments
+
+
 @app.command()
 @with_run_options
 def serve(
     prompt: Annotated[Optional[str], typer.Argument(help="Prompt the lab starts from. Default: a short-story prompt.", show_default=False)] = None,
     *,
-    host: Annotated[str, typer.Option("--host", help="Address to listen on (localhost by default: only this machine can connect).", rich_help_panel="Server")] = "localhost",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (localhost by default: only this machine can connect; 0.0.0.0: every interface).", rich_help_panel="Server")] = "localhost",
     port: Annotated[int, typer.Option("--port", help="TCP port.", rich_help_panel="Server")] = 8000,
+    no_token: Annotated[bool, typer.Option("--no-token", help="Serve without the secret token in the URL: anyone who can reach the port can start labs.", rich_help_panel="Server")] = False,
+    max_labs: Annotated[int, typer.Option("--max-labs", help="Most labs (browser tabs, one process each) running at once.", rich_help_panel="Server")] = 4,
+    files_dir: Annotated[Path, typer.Option("--files-dir", help="The one directory served labs read (g with a path) and write (s) files in. Default: the current directory.", rich_help_panel="Server")] = Path("."),
     opts: RunOptions,
 ) -> None:
-    """Serve the lab to a web browser (textual-serve): each browser tab gets its own lab."""
+    """Serve the lab to a web browser (textual-serve): each browser tab gets its own lab.
+
+    The URL printed carries a secret token (as Jupyter's does); pages of other sites cannot drive a lab.
+    """
     import shlex
 
-    from textual_serve.server import Server
+    from tokenlab.serve import WILDCARD_HOSTS, AddressError, LabServer, check_address, url_host
 
     check_options(opts)
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be in 1..65535, got {port}")
+    if max_labs < 1:
+        raise UserError(f"--max-labs must be at least 1, got {max_labs}")
+    if not files_dir.is_dir():
+        raise UserError(f"--files-dir {files_dir} is not a directory; create it or name another")
+    try:
+        check_address(host, port)
+    except AddressError as exc:
+        raise UserError(str(exc)) from None
     from tokenlab.engine.models import resolve_model
 
     path = resolve_model(opts.model)  # pull it now, with progress, not inside a browser tab
-    arguments = ["--model", str(path), "--max-tokens", str(opts.max_tokens), "--ctx-size", str(opts.ctx_size)]
-    if opts.seed is not None:
-        arguments += ["--seed", str(opts.seed)]
-    if opts.chat is not None:
-        arguments.append("--chat" if opts.chat else "--raw")
-    if opts.preset is not None:
-        arguments += ["--preset", opts.preset]
-    command = shlex.join([sys.executable, "-m", "tokenlab", "lab", prompt or DEFAULT_LAB_PROMPT, *arguments])
-    err_console.print(f"serving the lab on http://{host}:{port} (Ctrl-C stops)")
-    Server(command, host=host, port=port, title="tokenlab").serve()
+    opts.model = str(path)
+    root = files_dir.resolve()
+    command = shlex.join([sys.executable, "-m", "tokenlab", "lab", prompt or DEFAULT_LAB_PROMPT,
+                          *forwarded_flags(opts), f"--files-dir={root}"])
+    token = None if no_token else secrets.token_urlsafe(24)
+    if host in WILDCARD_HOSTS:
+        err_console.print(f"warning: --host {host or '(empty)'} listens on every network interface: anyone who can "
+                          "reach this machine can open the page" + ("" if no_token else " (the token still guards the labs)"),
+                          markup=False)
+    if no_token:
+        err_console.print("warning: --no-token: no secret guards the labs; any user or program that can reach the "
+                          "port can run labs and read and write files in " + str(root), markup=False)
+    browse_host = "localhost" if host in WILDCARD_HOSTS else url_host(host)
+    url = f"http://{browse_host}:{port}/" + (f"?token={token}" if token else "")
+
+    def announce() -> None:
+        err_console.print(f"serving the lab on {url}", markup=False, soft_wrap=True)
+        err_console.print(f"labs read and write files in {root}; at most {max_labs} at once (Ctrl-C stops)",
+                          markup=False, soft_wrap=True)
+
+    server = LabServer(command, host=host, port=port, token=token, max_labs=max_labs, announce=announce)
+    try:
+        server.serve()
+    except AddressError as exc:
+        raise UserError(str(exc)) from None
 
 
 class ExportFormat(str, Enum):
@@ -560,11 +619,11 @@ def export(
     session_file: Annotated[Path, typer.Argument(help="A session saved in the lab (s) or autosaved.", show_default=False)],
     *,
     output_format: Annotated[ExportFormat, typer.Option("--format", "-f", help="md (text and per-token probabilities) or html (a standalone heat-coloured page with hover tables).")] = ExportFormat.html,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (atomically); default: standard output.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (atomically; a symlink's target is replaced, never a directory, device or FIFO); '-' or no -o: standard output.")] = None,
 ) -> None:
     """Export the branch on screen of a saved session as Markdown or a standalone HTML page."""
     from tokenlab.export import to_html, to_markdown
-    from tokenlab.files import write_text_atomic
+    from tokenlab.files import NotARegularFileError, write_text_atomic
     from tokenlab.lab.session import SessionError
     from tokenlab.lab.session import load as load_session
 
@@ -574,10 +633,14 @@ def export(
         except SessionError as exc:
             raise UserError(str(exc)) from None
         text = to_markdown(session) if output_format is ExportFormat.md else to_html(session)
-        if output is None:
+        if output is None or str(output) == "-":
             sys.stdout.write(text)
-        else:
-            err_console.print(f"wrote {write_text_atomic(output, text)}")
+            return
+        try:
+            written = write_text_atomic(output, text)
+        except NotARegularFileError as exc:
+            raise UserError(f"-o {exc} (or -o - for standard output)") from None
+        err_console.print(f"wrote {written}", markup=False)
 
 
 @app.command()
@@ -597,6 +660,7 @@ def score(
     """Score an existing text: the probability, rank and entropy the model gives each of its tokens."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from tokenlab.engine.text import terminal_safe
     from tokenlab.lab.score import RANK_BUCKETS, WatermarkTest, score_text
     from tokenlab.render import detectgpt_text, heat_color, prob_heat, watermark_colour, watermark_legend, watermark_line
 
@@ -641,7 +705,7 @@ def score(
                 style = f"black on {watermark_colour(detection.green[index], detection.counted[index])}"
             else:
                 style = "" if token.prob is None else f"black on {heat_color(prob_heat(token.prob))}"
-            coloured.append(token.text, style=style)
+            coloured.append(terminal_safe(token.text), style=style)
         console.print(coloured)
         console.print(watermark_legend() if detection is not None else mode_legend("raw"))
         histogram = result.histogram()
@@ -671,6 +735,7 @@ def lab(
     load: Annotated[Optional[Path], typer.Option("--load", help="Open a saved session (its prompt, knobs and tree) without re-running the model.", rich_help_panel="Output")] = None,
     save: Annotated[Optional[Path], typer.Option("--save", help="Where s saves the session (default: tokenlab-session.json).", rich_help_panel="Output")] = None,
     restore: Annotated[bool, typer.Option("--restore", help="Open the session autosaved when the lab last quit.", rich_help_panel="Output")] = False,
+    files_dir: Annotated[Optional[Path], typer.Option("--files-dir", help="Read (g with a path) and write (s) files only inside this directory, by relative paths (tokenlab serve sets it).", rich_help_panel="Output")] = None,
     opts: RunOptions,
 ) -> None:
     """Open the lab: live heat-coloured generation with hotkey knobs (press ? inside for every key)."""
@@ -694,11 +759,12 @@ def lab(
         prompt = session.prompt
         opts.chat = session.chat
     run_lab(read_prompt(prompt) if prompt is not None else DEFAULT_LAB_PROMPT, opts, paused=paused or session is not None,
-            session=session, save_path=str(save) if save is not None else (str(load) if load is not None else None))
+            session=session, save_path=str(save) if save is not None else (str(load) if load is not None else None),
+            files_dir=files_dir)
 
 
 def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any = None,
-            save_path: str | None = None) -> None:
+            save_path: str | None = None, files_dir: Path | None = None) -> None:
     """Check the flags, make sure the model file is there (pulling it with progress), then run the TUI."""
     from tokenlab.engine import Engine, EngineOptions
     from tokenlab.engine.models import resolve_model
@@ -708,6 +774,8 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
     check_options(opts)
     if not prompt.strip():
         raise UserError("the prompt is empty; give some text, e.g. tokenlab lab 'Once upon a time'")
+    if files_dir is not None and not files_dir.is_dir():
+        raise UserError(f"--files-dir {files_dir} is not a directory; create it or name another")
     try:
         engine_options = EngineOptions(n_ctx=opts.ctx_size, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
     except ValueError as exc:
@@ -723,6 +791,7 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
         autostart=not paused,
         session=session,
         save_path=save_path,
+        files_dir=str(files_dir.resolve()) if files_dir is not None else None,
     )
     if session is not None:
         settings.params = session.params
@@ -775,7 +844,7 @@ def main_callback(
         raise typer.Exit(0)
     if ctx.invoked_subcommand is None:
         with user_errors():
-            run_lab(DEFAULT_LAB_PROMPT, RunOptions(max_tokens=256))
+            run_lab(DEFAULT_LAB_PROMPT, RunOptions())
 
 
 def _mount_models() -> None:

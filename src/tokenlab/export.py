@@ -22,20 +22,29 @@ def _prob(value: float) -> str:
     return "—" if math.isnan(value) else f"{value:.4f}"
 
 
+def _code_cell(text: str) -> str:
+    """Token text as a Markdown table cell in a code span: shown literally (no HTML, no markup), one line."""
+    return "`" + visible(text).replace("`", "'").replace("|", "\\|") + "`"
+
+
 def to_markdown(session: Session) -> str:
-    """The branch on screen as Markdown: the text, then every token with its probabilities and rank."""
+    """The branch on screen as Markdown: the text, then every token with its probabilities and rank.
+
+    Prompt, model name and text are HTML-escaped: a Markdown viewer renders raw HTML, and they come from
+    the model and the user, so a `<script>` in them must stay text.
+    """
     steps = session.current_steps()
     lines = [
         "# tokenlab session",
         "",
-        f"- model: {session.model}",
-        f"- prompt: {session.prompt!r} ({'chat' if session.chat else 'raw'})",
-        f"- knobs: {_knobs(session.params)}",
+        f"- model: {html.escape(session.model, quote=False)}",
+        f"- prompt: {html.escape(repr(session.prompt), quote=False)} ({'chat' if session.chat else 'raw'})",
+        f"- knobs: {html.escape(_knobs(session.params), quote=False)}",
         f"- seed: {session.seed} · runs in the tree: {session.tree.runs}",
         "",
         "## Text",
         "",
-        "".join(step.text for step in steps),
+        html.escape("".join(step.text for step in steps), quote=False),
         "",
         "## Tokens",
         "",
@@ -43,10 +52,8 @@ def to_markdown(session: Session) -> str:
         "| ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for step in steps:
-        others = ", ".join(f"`{visible(c.text)}` {c.prob:.3f}" for c in step.top[:3] if c.id != step.id)
-        token = visible(step.piece).replace("|", "\\|").replace("`", "'")
-        others = others.replace("|", "\\|")
-        lines.append(f"| {step.index} | `{token}` | {_prob(step.prob)} | {_prob(step.final_prob)} | "
+        others = ", ".join(f"{_code_cell(c.text)} {c.prob:.3f}" for c in step.top[:3] if c.id != step.id)
+        lines.append(f"| {step.index} | {_code_cell(step.piece)} | {_prob(step.prob)} | {_prob(step.final_prob)} | "
                      f"{step.rank or '—'} | {_prob(step.entropy)} | {others} |")
     return "\n".join(lines) + "\n"
 

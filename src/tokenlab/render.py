@@ -39,7 +39,9 @@ def prob_heat(prob: float) -> float:
 
 def candidates_table(candidates: Iterable[Candidate], *, chosen: int | None = None, title: str | None = None) -> Table:
     """A rich table of candidates: rank, token, raw and final probability, and the stage that removed it."""
-    table = Table(title=title, title_justify="left", expand=False, box=box.SIMPLE_HEAD)
+    # a Text title: the title may carry a model's name, which must never be read as rich markup
+    table = Table(title=Text(title) if title is not None else None, title_justify="left", expand=False,
+                  box=box.SIMPLE_HEAD)
     table.add_column("rank", justify="right")
     table.add_column("id", justify="right", style="dim")
     table.add_column("token")
@@ -195,5 +197,5 @@ def stage_view_tables(view: Any, *, token_width: int = 24) -> tuple[Table, Table
                 removed = True
             else:
                 cells.append(Text("" if removed else f"{row.probs[column]:.4f}"))
-        moves.add_row(f"'{visible(text)[:token_width]}'", f"{raw:.4f}", *cells)
+        moves.add_row(Text(f"'{visible(text)[:token_width]}'"), f"{raw:.4f}", *cells)
     return summary, moves

@@ -21,6 +21,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from tokenlab.engine import models as catalogue
 from tokenlab.engine.models import DEFAULT_MODEL, ModelError
@@ -133,7 +134,7 @@ def list_models(
         return
 
     table = Table(
-        title=f"models in {catalogue.models_dir()}",
+        title=Text(f"models in {catalogue.models_dir()}"),
         title_justify="left",
         caption="* default model",
         caption_justify="left",
@@ -150,7 +151,7 @@ def list_models(
             decimal(row["size_bytes"]),
             str(row["license"]),
             "[green]yes[/green]" if row["pulled"] else "[dim]no[/dim]",
-            str(row["path"]),
+            Text(str(row["path"])),
         )
     Console().print(table)
 

@@ -165,6 +165,8 @@ class LabSettings:
     """A loaded tokenlab.lab.session.Session to show instead of starting a run."""
     save_path: str | None = None
     """Where `s` in the lab saves the session by default."""
+    files_dir: str | None = None
+    """When set (a served lab), files are read and written only inside this directory, by relative paths."""
     prepare: Callable[[Engine], SamplerParams] | None = None
     """Called once the model is loaded to finish the params (token names need the vocabulary); a
     ValueError it raises is reported and the lab goes on with `params`."""
@@ -465,10 +467,12 @@ class LabController:
 
     def _cmd_save(self, path: str) -> None:
         from tokenlab.export import to_html, to_markdown
-        from tokenlab.files import write_text_atomic
+        from tokenlab.files import confined_path, write_text_atomic
         from tokenlab.lab.session import save
 
         session = self.session()
+        target = confined_path(path, self.settings.files_dir)  # a served lab writes inside its directory only
+        path = str(target) if self.settings.files_dir is not None else path
         try:
             if path.endswith((".md", ".markdown")):
                 written = write_text_atomic(path, to_markdown(session))

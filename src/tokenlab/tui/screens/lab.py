@@ -7,9 +7,9 @@ the screen happens in the handlers below, on the UI thread.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -19,6 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from tokenlab.files import OutsideDirectoryError, confined_path, write_text_atomic
 from tokenlab.lab.controller import (
     EngineReady,
     FrontierView,
@@ -188,7 +189,7 @@ class LabScreen(Screen[None]):
     def worker_failed(self, event: Worker.StateChanged) -> None:
         if event.state == WorkerState.ERROR:
             self.running = False
-            self.notify(f"generation stopped: {event.worker.error}", severity="error", timeout=8)
+            self.notify(f"generation stopped: {event.worker.error}", severity="error", timeout=8, markup=False)
             self.refresh_view()
 
     # -- events from the controller ------------------------------------------------------------------
@@ -231,8 +232,10 @@ class LabScreen(Screen[None]):
 
             self.app.push_screen(ScoreScreen(event.steps, event.summary, event.watermark))
         elif isinstance(event, SessionSaved):
-            self.save_path = event.path
-            self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)")
+            files_dir = self.controller.settings.files_dir
+            # a served lab takes relative paths only: offer the saved file as one next time
+            self.save_path = event.path if files_dir is None else os.path.relpath(event.path, files_dir)
+            self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)", markup=False)
         elif isinstance(event, RolloutProgress):
             self.rollout_progress = (event.done, event.total)
         elif isinstance(event, RolloutsReady):
@@ -258,7 +261,7 @@ class LabScreen(Screen[None]):
             self.rollout_progress = None
             if not self.model_ready and self.model_name == "loading model…":
                 self.model_name = "no model"
-            self.notify(event.message, severity="error", timeout=8)
+            self.notify(event.message, severity="error", timeout=8, markup=False)
         self.refresh_view()
 
     # -- what is inspected -------------------------------------------------------------------------
@@ -450,12 +453,18 @@ class LabScreen(Screen[None]):
             if not text.strip():
                 self.notify("the text is empty: nothing to score", severity="error")
                 return
-            candidate = Path(text.strip()).expanduser()
-            if "\n" not in text.strip() and len(text.strip()) < 1024 and candidate.is_file():
+            line = text.strip()
+            if "\n" not in line and len(line) < 1024:
+                try:
+                    candidate = confined_path(line, self.controller.settings.files_dir)
+                except OutsideDirectoryError as exc:
+                    self.notify(str(exc), severity="error", markup=False)
+                    return
+            if "\n" not in line and len(line) < 1024 and candidate.is_file():
                 try:
                     text = candidate.read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError) as exc:
-                    self.notify(f"cannot read {candidate}: {exc}", severity="error")
+                    self.notify(f"cannot read {candidate}: {exc}", severity="error", markup=False)
                     return
             self.notify("scoring…", timeout=2)
             self.controller.send("score", text)
@@ -476,7 +485,7 @@ class LabScreen(Screen[None]):
             try:
                 params = params()
             except ValueError as exc:  # e.g. an exponential schedule cannot reach temperature 0
-                self.notify(str(exc), severity="warning")
+                self.notify(str(exc), severity="warning", markup=False)
                 return
         self.params = params
         self.controller.send("set_params", params)
@@ -528,14 +537,18 @@ class LabScreen(Screen[None]):
             if not path or not path.strip():
                 return
             path = path.strip()
+            try:
+                target = confined_path(path, self.controller.settings.files_dir)
+            except OutsideDirectoryError as exc:
+                self.notify(str(exc), severity="error", markup=False)
+                return
             if path.endswith(".svg"):
-                target = Path(path).expanduser()
                 try:
-                    written = self.app.save_screenshot(filename=target.name, path=str(target.parent or "."))
+                    written = write_text_atomic(target, self.app.export_screenshot())
                 except OSError as exc:
-                    self.notify(f"could not save the screenshot: {exc}", severity="error")
+                    self.notify(f"could not save the screenshot: {exc}", severity="error", markup=False)
                     return
-                self.notify(f"screenshot saved to {written}")
+                self.notify(f"screenshot saved to {written}", markup=False)
                 return
             self.controller.send("save", path)
 
@@ -572,17 +585,17 @@ class LabScreen(Screen[None]):
             try:
                 if action == "save":
                     path = save_preset(name, self.params)
-                    self.notify(f"saved preset {name!r} to {path}")
+                    self.notify(f"saved preset {name!r} to {path}", markup=False)
                 else:
                     self._set_params(load_preset(name))
-                    self.notify(f"loaded preset {name!r}")
+                    self.notify(f"loaded preset {name!r}", markup=False)
             except (PresetError, ValueError, OSError) as exc:
-                self.notify(str(exc), severity="error", timeout=8)
+                self.notify(str(exc), severity="error", timeout=8, markup=False)
 
         try:
             presets = list_presets()
         except PresetError as exc:
-            self.notify(str(exc), severity="error", timeout=8)
+            self.notify(str(exc), severity="error", timeout=8, markup=False)
             return
         self.app.push_screen(PresetScreen(presets), chosen)
 
@@ -599,7 +612,8 @@ class LabScreen(Screen[None]):
             if text is None:
                 return
             if not text.strip().isdigit():
-                self.notify(f"the seed must be a non-negative whole number, got {text!r}", severity="error")
+                self.notify(f"the seed must be a non-negative whole number, got {text!r}", severity="error",
+                            markup=False)
                 return
             self.controller.send("set_seed", int(text.strip()))
 

@@ -200,7 +200,7 @@ class PromptBar(Panel):
         text = Text()
         text.append(" prompt ", style="bold reverse")
         text.append(" " + visible(prompt)[:200] + " ")
-        text.append(f" {model} · {mode} ", style="dim")
+        text.append(f" {visible(model)} · {mode} ", style="dim")
         self.show_content(text)
 
 
@@ -219,6 +219,7 @@ class StatusLine(Panel):
         text.append(f" ● {state} ", style=f"bold {colour}")
         if viewing:
             text.append(f"[viewing {viewing}] ", style="bold magenta")
+        model = visible(model)
         short_model = model if len(model) <= 22 else model[:21] + "…"
         text.append(f"{short_model} · {tokens}/{max_tokens} tok · {tokens_per_second:.1f} tok/s · seed {seed}")
         if stop_reason:

@@ -14,6 +14,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from tokenlab.engine.text import terminal_safe
 from tokenlab.lab.step import Step
 from tokenlab.render import COLOUR_MODES, step_colour, watermark_colour
 
@@ -26,10 +27,11 @@ VIRTUAL_HEADROOM = 16
 def token_label(step: Step) -> str:
     """What a token shows: its text, newlines marked, end-of-generation named, held bytes as an ellipsis."""
     if step.eog:
-        return f"⟨{step.piece}⟩"
+        return f"⟨{terminal_safe(step.piece)}⟩"
     if not step.text:
         return "…" if step.piece else ""  # bytes held for an incomplete character
-    return step.text.replace("\n", NEWLINE_MARK + "\n")
+    # segments go to the terminal as they are: a token's ESC or BEL must be shown, not obeyed
+    return terminal_safe(step.text).replace("\n", NEWLINE_MARK + "\n")
 
 
 class TokenView(ScrollView, can_focus=True):
