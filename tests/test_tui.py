@@ -532,6 +532,8 @@ async def test_pasting_a_long_one_line_paragraph_scores_it(finished_engine) -> N
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ScoreScreen))
         assert "".join(step.text for step in app.screen.steps) == PARAGRAPH
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, LabScreen))
 
 
 def test_an_unexpected_error_exits_non_zero_with_one_line_and_keeps_the_autosave(
@@ -740,3 +742,24 @@ async def test_expanded_candidates_fill_the_panel_and_the_curve_fits(finished_en
                 assert all(len(line) <= strip.content_region.width for line in rendered), (size, rendered)
                 legend = lab.query_one("#legend").render().plain  # type: ignore[attr-defined]
                 assert len(legend) <= lab.query_one("#legend").content_region.width, (size, legend)
+
+
+async def test_the_prompt_is_shown_above_the_text_and_the_dice_under_the_title(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        view = lab.query_one(TokenView)
+        assert view.prompt_text() == PROMPT  # step 0 is not a blank page
+        assert view.plain_text().strip() == "▍"  # only the mark of the live next step after it
+        table = lab.query_one(CandidatesTable)
+        assert "dice: not rolled yet" in table.render().plain  # type: ignore[union-attr]
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(lab.steps) == 1 and lab.frontier is not None)
+        await pilot.press("left")
+        step = lab.steps[0]
+        assert step.dice is not None
+        assert f"u {step.dice[0]:.3f}" in table.render().plain  # type: ignore[union-attr]
+        assert view.prompt_text() == PROMPT and view.plain_text() == step.text

@@ -82,7 +82,7 @@ def existing_file(text: str) -> Path | None:
     try:
         path = Path(line).expanduser()
         return path if path.is_file() else None
-    except (OSError, ValueError):  # too long for a file name, a NUL byte, no home directory...
+    except (OSError, ValueError, RuntimeError):  # too long for a file name, a NUL byte, no home directory
         return None
 
 
