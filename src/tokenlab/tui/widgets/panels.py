@@ -224,7 +224,7 @@ def dice_line(step: Step | None, width: int, *, survivors: int | None = None) ->
 
 
 STAGE_SHORT = {
-    "penalties": "penalties", "scaled_penalties": "scaled-pen", "no_repeat_ngram": "no-repeat",
+    "penalties": "pen", "scaled_penalties": "scaled-pen", "no_repeat_ngram": "no-repeat",
     "dry": "dry", "top_n_sigma": "n-sigma", "top_k": "top-k", "typical_p": "typical", "top_p": "top-p",
     "min_p": "min-p", "epsilon": "epsilon", "eta": "eta", "top_a": "top-a", "xtc": "xtc",
     "temperature": "temp", "mirostat_v2": "mirostat", "logit_bias": "bias", "ban": "ban",
