@@ -158,3 +158,25 @@ def test_temperature_schedule_follows_the_step_index(engine: Engine) -> None:
         generation.step()
     assert temperatures[0] == pytest.approx(1.0) and temperatures[4] == pytest.approx(0.2)
     assert temperatures == sorted(temperatures, reverse=True) and temperatures[5] == pytest.approx(0.2)
+
+
+def test_each_drawn_step_records_where_its_dice_fell(engine: Engine) -> None:
+    """u lies in the drawn token's slice of the cumulative final distribution (most likely token first)."""
+    params = SamplerParams(top_k=0, top_p=1.0, min_p=0.0, temperature=1.2, ban=(engine.eos_id,))
+    generation = Generation(engine, raw_tokens(engine), params, seed=11, max_tokens=12)
+    rolled = 0
+    for step in generation.run():
+        if step.final_prob >= 1.0:
+            assert step.dice is None
+            continue
+        assert step.dice is not None
+        u, before = step.dice
+        assert 0.0 <= u < 1.0 and 0.0 <= before < 1.0
+        assert before - 1e-9 <= u < before + step.final_prob + 1e-9
+        rolled += 1
+    assert rolled >= 10
+    # the draw itself did not change: the same seed gives the same tokens as before the dice were kept
+    again = Generation(engine, raw_tokens(engine), params, seed=11, max_tokens=12)
+    assert [s.id for s in again.run()] == [s.id for s in generation.steps]
+    forced = generation.choose(3, generation.steps[3].top[1].id)
+    assert forced.forced and forced.dice is None

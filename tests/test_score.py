@@ -111,3 +111,22 @@ def test_score_command(tmp_path, model_path) -> None:
         bad = subprocess.run([sys.executable, "-m", "tokenlab", *args], input="  ",
                              capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_file_ends_with_a_newline_that_is_not_scored_and_one_token_is_refused(tmp_path, engine: Engine) -> None:
+    path = tmp_path / "text.txt"
+    path.write_text(TEXT + "\n", encoding="utf-8")  # what an editor or `echo` writes
+    out = subprocess.run([sys.executable, "-m", "tokenlab", "score", str(path), "--format", "jsonl"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert "".join(line["text"] for line in lines[:-1]) == TEXT
+    assert lines[-1]["tokens"] == len(engine.tokenize(TEXT, add_bos=False))
+
+    one = tmp_path / "one.txt"
+    one.write_text(" Paris\n", encoding="utf-8")
+    assert len(engine.tokenize(" Paris", add_bos=False)) == 1
+    for args in (["score", str(one)], ["score", str(one), "--format", "jsonl"]):
+        bad = subprocess.run([sys.executable, "-m", "tokenlab", *args], capture_output=True, text=True, timeout=120)
+        assert bad.returncode == 2 and "single token" in bad.stderr, bad.stderr
+        assert "nan" not in (bad.stdout + bad.stderr).lower() and "Traceback" not in bad.stderr

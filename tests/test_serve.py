@@ -181,3 +181,60 @@ def test_html_export_opens_in_chromium_without_errors(engine, tmp_path) -> None:
 
     tokens, errors, coloured = asyncio.run(open_page())
     assert tokens == expected and errors == [] and coloured > 50
+
+
+def test_html_export_tooltips_are_drawn_above_the_text_that_follows(engine, tmp_path) -> None:
+    from tokenlab.export import to_html
+    from tokenlab.lab.generation import Generation
+    from tokenlab.lab.session import Session
+    from tokenlab.lab.tree import GenerationTree
+    from tokenlab.sampling import SamplerParams
+
+    prompt = "Once upon a time"
+    generation = Generation(engine, engine.format_prompt(prompt, chat=False), SamplerParams(ban=(engine.eos_id,)),
+                            seed=3, max_tokens=80)
+    steps = list(generation.run())
+    tree = GenerationTree(prompt)
+    tree.add(steps, stop_reason=generation.stop_reason)
+    session = Session(prompt=prompt, chat=False, model=engine.name, seed=3, max_tokens=80, tree=tree,
+                      current=tuple(step.id for step in steps))
+    page = tmp_path / "session.html"
+    page.write_text(to_html(session), encoding="utf-8")
+    # every token of the first line, odd and even: its tooltip must win over the lines below it
+    probe = """(() => {
+      const tokens = [...document.querySelectorAll('.text > .t')];
+      const top = tokens[0].getBoundingClientRect().top;
+      return tokens.map((t, i) => [i, t.getBoundingClientRect()])
+        .filter(([i, r]) => r.top === top && r.width > 0).slice(0, 6)
+        .map(([i, r]) => [i, r.left + r.width / 2, r.top + r.height / 2]);
+    })()"""
+    covered = """((index) => {
+      const tip = document.querySelectorAll('.text > .t')[index].querySelector('.tip');
+      const r = tip.getBoundingClientRect();
+      if (r.width === 0) return 'tooltip not shown';
+      const misses = [];
+      for (let x = r.left + 4; x < r.right - 4; x += 10)
+        for (let y = r.top + 4; y < r.bottom - 4; y += 6) {
+          const hit = document.elementFromPoint(x, y);
+          if (hit && !tip.contains(hit)) misses.push(hit.className);
+        }
+      return misses.length ? 'under: ' + misses.slice(0, 3).join(',') : 'on top';
+    })"""
+
+    async def hover_tokens() -> list[tuple[int, str]]:
+        async with Browser(tmp_path / "chromium") as browser:
+            await browser.call("Page.enable")
+            await browser.call("Page.navigate", url=page.as_uri())
+            await asyncio.sleep(1.0)
+            points = (await browser.call("Runtime.evaluate", expression=probe, returnByValue=True))["result"]["value"]
+            results = []
+            for index, x, y in points:
+                await browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+                await asyncio.sleep(0.1)
+                verdict = await browser.call("Runtime.evaluate", expression=f"{covered}({index})", returnByValue=True)
+                results.append((index, verdict["result"]["value"]))
+            return results
+
+    results = asyncio.run(hover_tokens())
+    assert len(results) >= 4 and any(index % 2 == 0 for index, _ in results)  # odd-numbered (1st, 3rd...) ones
+    assert all(verdict == "on top" for _, verdict in results), results

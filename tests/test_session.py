@@ -155,3 +155,15 @@ def test_a_long_run_saves_without_deep_nesting(tmp_path) -> None:
     session = Session(prompt="x", tree=tree, current=tuple(step.id for step in steps))
     loaded = load(save(session, tmp_path / "long.json"))
     assert loaded.current_steps() == steps and len(loaded.tree) == 5000
+
+
+def test_html_tokens_are_shaded_without_a_stacking_context(engine: Engine) -> None:
+    """A filter on a token makes it a stacking context: its tooltip would be drawn under the next tokens."""
+    from tokenlab.export import to_html
+
+    page = to_html(make_session(engine))
+    style = page[page.index("<style>"):page.index("</style>")]
+    assert "filter" not in style and "opacity" not in style
+    assert ".t:nth-child(odd)" in style  # odd tokens are still shaded (a shadow inside the box)
+    hover = style[style.index(".t:hover {"):]
+    assert "z-index" in hover[:hover.index("}")]  # the hovered token, tooltip and all, comes to the front

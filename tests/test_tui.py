@@ -544,3 +544,257 @@ async def test_autosave_on_exit_and_exports_from_the_lab(finished_engine, tmp_pa
     assert app.controller.stopped.wait(5)
     restored = load(autosave_path())
     assert list(restored.current) == shown and restored.tree.runs == 1
+
+
+PARAGRAPH = ("The lighthouse keeper climbed the stairs every evening, trimmed the wick, wound the clockwork "
+             "and watched the beam sweep across the water until the fishing boats came home; then he wrote "
+             "the weather in the log, made tea, and slept until the gulls woke him at dawn.")
+
+
+async def test_pasting_a_long_one_line_paragraph_scores_it(finished_engine) -> None:
+    from tokenlab.tui.screens.score import ScoreScreen
+
+    engine, apps = finished_engine
+    assert 256 <= len(PARAGRAPH) < 1024  # too long for a file name: the text is no path
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("g")
+        await wait_for(pilot, lambda: isinstance(app.screen, PromptEditor))
+        app.screen.query_one(TextArea).text = PARAGRAPH
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ScoreScreen))
+        assert "".join(step.text for step in app.screen.steps) == PARAGRAPH
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, LabScreen))
+
+
+def test_an_unexpected_error_exits_non_zero_with_one_line_and_keeps_the_autosave(
+        finished_engine, tmp_path, monkeypatch, capsys) -> None:
+    import typer
+
+    from tokenlab.cli import run_app
+    from tokenlab.lab.session import autosave_path, load
+
+    monkeypatch.setenv("TOKENLAB_DATA", str(tmp_path / "data"))
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=3, autostart=True)
+    apps.append(app)
+
+    def broken(self: LabScreen) -> None:
+        raise RuntimeError("the history broke")
+
+    monkeypatch.setattr(LabScreen, "action_history", broken)
+    shown: list[int] = []
+
+    async def auto_pilot(pilot) -> None:
+        await wait_for(pilot, lambda: pilot.app.lab.stop_reason == "max_tokens")
+        shown.extend(step.id for step in pilot.app.lab.steps)
+        await pilot.press("v")
+
+    with pytest.raises(typer.Exit) as stopped:
+        run_app(app, headless=True, size=SIZE, auto_pilot=auto_pilot)
+    assert stopped.value.exit_code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "RuntimeError: the history broke" in lines[0] and "tokenlab lab --restore" in lines[0]
+    assert "crash.txt" in lines[0] and "Traceback" not in lines[0]
+    assert "the history broke" in (tmp_path / "data" / "crash.txt").read_text(encoding="utf-8")
+    assert list(load(autosave_path()).current) == shown and len(shown) == 3
+
+
+async def test_help_scrolls_names_symbol_keys_and_explains_the_panels(finished_engine) -> None:
+    from textual.containers import VerticalScroll
+
+    from tokenlab.tui.screens.dialogs import HELP_PANELS
+
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=(150, 45)) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        keys = dict(app.screen._keys)
+        for key in ("[", "]", "enter", "x", "v", "g", "b", "escape", "{", "}"):
+            assert key in keys, key
+        assert not any("_" in key for key in keys)  # no left_curly_bracket
+        assert {name for name, _ in HELP_PANELS} >= {"colours", "curve", "N can be drawn"}
+        box = app.screen.query_one("#help-box", VerticalScroll)
+        assert box.max_scroll_y > 0 and box.scroll_y == 0  # more than fits: it scrolls
+        await pilot.press("end")
+        await wait_for(pilot, lambda: box.scroll_y == box.max_scroll_y)
+
+
+async def test_candidate_rows_never_wrap(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine, params=SamplerParams(top_k=2, ban=(engine.eos_id,)))
+    apps.append(app)
+    async with app.run_test(size=(100, 30)) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        table = lab.query_one(CandidatesTable)
+        candidates, chosen, _ = lab.inspected()
+        rows = table.rows_for(candidates, chosen, lab.candidate_limit, lab.hot_ids())
+        assert sum(c.removed_by == "top_k" for c in rows) >= 3
+        lines = table.render().plain.rstrip("\n").split("\n")  # type: ignore[union-attr]
+        assert len(lines) == CandidatesTable.HEADER_LINES + len(rows)
+        assert all(len(line) <= table.content_region.width for line in lines), lines
+
+
+async def test_min_keep_is_its_own_knob_and_stays_on_when_top_k_is_off(finished_engine) -> None:
+    from tokenlab.lab.knobs import KNOBS
+    from tokenlab.tui.widgets import KnobPanel
+
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=(150, 45)) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("k")
+        while KNOBS[lab.selected_knob].name != "min_keep":
+            await pilot.press("down")
+        await pilot.press("o")  # min keep has no stage to switch
+        assert "top_k" in lab.params.samplers
+        await pilot.press("k", "o")  # top-k off
+        await wait_for(pilot, lambda: lab.frontier is not None and "top_k" not in lab.frontier.params.samplers)
+        panel = lab.query_one(KnobPanel).render().plain  # type: ignore[union-attr]
+        line = next(line for line in panel.split("\n") if "min keep" in line)
+        assert "off" not in line and line.split()[-1] == "1"
+        assert next(line for line in panel.split("\n") if "top-k " in line).split()[-1] == "off"
+
+
+async def test_every_hot_token_is_shown_turned_and_cleared(finished_engine) -> None:
+    from tokenlab.tui.widgets import KnobPanel
+
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=(150, 45)) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        ids = {}
+        for text, presses in ((" dragon", 4), (" knight", 2)):
+            await pilot.press("h")
+            await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+            app.screen.query_one(Input).value = text
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: lab.hot is not None and lab.hot[1] == text)
+            ids[text] = lab.hot[0]
+            await pilot.press(*["greater_than_sign"] * presses)
+        await wait_for(pilot, lambda: lab.frontier is not None and len(lab.frontier.params.logit_bias) == 2)
+        assert dict(lab.params.logit_bias) == {ids[" dragon"]: 8.0, ids[" knight"]: 4.0}
+        panel = lab.query_one(KnobPanel).render().plain  # type: ignore[union-attr]
+        assert "dragon" in panel and "knight" in panel
+        assert "+8.0" in panel and "+4.0" in panel
+        table_ids = {c.id for c in lab.frontier.candidates}
+        assert set(ids.values()) <= table_ids  # both are listed among the candidates
+        await pilot.press("up")  # the dragon row
+        assert lab.hot is not None and lab.hot[0] == ids[" dragon"]
+        await pilot.press("0")  # clears it: its bias and its row
+        await wait_for(pilot, lambda: lab.frontier is not None and len(lab.frontier.params.logit_bias) == 1)
+        assert dict(lab.params.logit_bias) == {ids[" knight"]: 4.0}
+        assert "dragon" not in lab.query_one(KnobPanel).render().plain  # type: ignore[union-attr]
+
+
+async def test_a_temperature_above_the_old_knob_range_turns_from_where_it_is(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine, params=SamplerParams(temperature=9.0, ban=(engine.eos_id,)))
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("t", "plus")
+        await wait_for(pilot, lambda: lab.frontier is not None and lab.frontier.params.temperature != 9.0)
+        assert lab.params.temperature == pytest.approx(9.05)
+
+
+async def test_history_after_loading_a_session_and_biases_by_name(finished_engine, tmp_path) -> None:
+    from tokenlab.lab.session import load
+
+    engine, apps = finished_engine
+    path = tmp_path / "session.json"
+    london = engine.find_token(" London")
+    app = make_app(engine, max_tokens=3, params=SamplerParams(logit_bias={london: 2.5}, ban=(engine.eos_id,)))
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: lab.branch_tree is not None and lab.branch_tree.runs >= 3)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: not lab.loop and not lab.running)
+        assert "bias ' London'+2.5" in lab.history[-1].settings(lab.token_names)
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+        app.screen.query_one(Input).value = str(path)
+        await pilot.press("enter")
+        await wait_for(pilot, path.exists)
+    session = load(path)
+    restored = TokenLabApp(engine, LabSettings(prompt=session.prompt, chat=session.chat, params=session.params,
+                                                seed=session.seed, max_tokens=session.max_tokens,
+                                                autostart=False, session=session))
+    apps.append(restored)
+    async with restored.run_test(size=SIZE) as pilot:
+        lab = restored.lab
+        await wait_for(pilot, lambda: lab.branch_tree is not None and lab.frontier is not None)
+        await pilot.press("v")
+        await wait_for(pilot, lambda: isinstance(restored.screen, HistoryScreen))
+        finished = session.tree.finished()
+        assert len(lab.history) == min(len(finished), 15) >= 3
+        assert {record.steps for record in lab.history} == {tuple(node.path()) for node in finished}
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: lab.viewing is not None)
+        assert lab.shown_steps() == list(lab.viewing.steps)
+
+
+async def test_expanded_candidates_fill_the_panel_and_the_curve_fits(finished_engine) -> None:
+    from tokenlab.tui.widgets import DistributionStrip
+
+    engine, apps = finished_engine
+    for size in ((150, 45), (100, 30)):
+        app = make_app(engine, params=SamplerParams(top_k=0, ban=(engine.eos_id,)))
+        apps.append(app)
+        async with app.run_test(size=size) as pilot:
+            lab = app.lab
+            await wait_for(pilot, lambda: lab.frontier is not None)
+            await pilot.press("n")
+            await wait_for(pilot, lambda: len(lab.steps) == 1 and lab.frontier is not None)
+            await pilot.press("x")
+            table = lab.query_one(CandidatesTable)
+            lines = table.render().plain.rstrip("\n").split("\n")  # type: ignore[union-attr]
+            assert len(lines) == table.content_region.height, size  # the panel is full, nothing cut off
+            assert lab.candidate_limit == table.fits() > 5
+            for cursor in ("end", "left"):  # the live next step, then a past step
+                await pilot.press(cursor)
+                strip = lab.query_one(DistributionStrip)
+                rendered = strip.render().plain.split("\n")  # type: ignore[union-attr]
+                assert len(rendered) <= strip.content_region.height, (size, rendered)
+                assert all(len(line) <= strip.content_region.width for line in rendered), (size, rendered)
+                legend = lab.query_one("#legend").render().plain  # type: ignore[attr-defined]
+                assert len(legend) <= lab.query_one("#legend").content_region.width, (size, legend)
+
+
+async def test_the_prompt_is_shown_above_the_text_and_the_dice_under_the_title(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        view = lab.query_one(TokenView)
+        assert view.prompt_text() == PROMPT  # step 0 is not a blank page
+        assert view.plain_text().strip() == "▍"  # only the mark of the live next step after it
+        table = lab.query_one(CandidatesTable)
+        assert "dice: not rolled yet" in table.render().plain  # type: ignore[union-attr]
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(lab.steps) == 1 and lab.frontier is not None)
+        await pilot.press("left")
+        step = lab.steps[0]
+        assert step.dice is not None
+        assert f"u {step.dice[0]:.3f}" in table.render().plain  # type: ignore[union-attr]
+        assert view.prompt_text() == PROMPT and view.plain_text() == step.text

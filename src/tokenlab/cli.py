@@ -661,7 +661,7 @@ def score(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tokenlab.engine.text import terminal_safe
-    from tokenlab.lab.score import RANK_BUCKETS, WatermarkTest, score_text
+    from tokenlab.lab.score import RANK_BUCKETS, WatermarkTest, file_text, score_text
     from tokenlab.render import detectgpt_text, heat_color, prob_heat, watermark_colour, watermark_legend, watermark_line
 
     with user_errors():
@@ -674,13 +674,13 @@ def score(
                                     watermark_scheme=watermark_scheme)
             watermark = WatermarkTest(watermark_key, checked.watermark_gamma, checked.watermark_scheme)
         if file == "-":
-            text = sys.stdin.read()
+            text = file_text(sys.stdin.read())
         else:
             path = Path(file)
             if not path.is_file():
                 raise UserError(f"file not found: {file}")
             try:
-                text = path.read_text(encoding="utf-8")
+                text = file_text(path.read_text(encoding="utf-8"))
             except UnicodeDecodeError:
                 raise UserError(f"{file} is not UTF-8 text") from None
         if not text.strip():
@@ -818,7 +818,27 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
 
         if autosave_path().exists():
             app.startup_note = "your last session was autosaved: tokenlab lab --restore brings it back"
-    app.run()
+    run_app(app)
+
+
+EXIT_CRASH = 1
+
+
+def run_app(app: Any, **run_options: Any) -> None:
+    """Run the lab app; if an unexpected error stopped it, say so in one line and exit with status 1."""
+    app.run(**run_options)
+    if app.crash is None and not app.return_code:
+        return
+    what = app.crash or f"the lab stopped with status {app.return_code}"
+    notes = []
+    if app.autosaved is not None:
+        notes.append("your session was autosaved: tokenlab lab --restore brings it back")
+    if app.crash_log is not None:
+        notes.append(f"the traceback is in {app.crash_log}")
+    line = Text.assemble(("error:", "bold red"), f" the lab stopped on an unexpected error: {what}",
+                         f" ({'; '.join(notes)})" if notes else "")
+    err_console.print(line, soft_wrap=True, highlight=False)
+    raise typer.Exit(EXIT_CRASH)
 
 
 def print_stage_view(console: Console, view: Any) -> None:

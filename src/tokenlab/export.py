@@ -58,13 +58,16 @@ def to_markdown(session: Session) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Odd tokens are darkened with an inset shadow, not a filter: a filter makes each token a stacking
+# context of its own, which would draw its tooltip under the tokens that follow it.
 _STYLE = """
 body { font-family: ui-monospace, Menlo, Consolas, monospace; background: #111; color: #ddd; margin: 2em; }
 h1 { font-size: 1.2em; } .meta { color: #999; margin-bottom: 1.5em; }
 .text { line-height: 1.9; white-space: pre-wrap; max-width: 80ch; }
 .t { position: relative; color: #000; padding: 1px 0; border-radius: 2px; cursor: default; }
-.t:nth-child(odd) { filter: brightness(0.88); }
-.t .tip { display: none; position: absolute; left: 0; top: 1.7em; z-index: 1; background: #222;
+.t:nth-child(odd) { box-shadow: inset 0 0 0 100vmax rgba(0, 0, 0, 0.12); }
+.t:hover { z-index: 2; }
+.t .tip { display: none; position: absolute; left: 0; top: 1.7em; z-index: 2; background: #222;
   color: #ddd; border: 1px solid #555; padding: 4px 6px; white-space: pre; font-size: 0.85em; }
 .t:hover .tip { display: block; }
 .tip table { border-collapse: collapse; } .tip td { padding: 0 6px; text-align: right; }

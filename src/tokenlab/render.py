@@ -100,21 +100,36 @@ def step_colour(step: Step, mode: str) -> str:
     return heat_color(prob_heat(step.prob))
 
 
-def mode_legend(mode: str) -> Text:
-    """A one-line legend for a colour mode."""
+def mode_legend(mode: str, width: int | None = None) -> Text:
+    """A one-line legend for a colour mode; shorter words when it would not fit in `width` cells."""
+    legend = _legend(mode, compact=False)
+    if width is not None and legend.cell_len > width:
+        legend = _legend(mode, compact=True)
+        legend.truncate(width, overflow="ellipsis")
+    return legend
+
+
+def _legend(mode: str, *, compact: bool) -> Text:
+    pad = "" if compact else " "
     if mode == "rank":
-        legend = Text("rank (GLTR): ")
+        legend = Text("rank: " if compact else "rank (GLTR): ")
         for _, label, colour in GLTR_BUCKETS:
-            legend.append(f" {label} ", style=f"black on {colour}")
+            legend.append(f"{pad}{label.replace('top-', 'top') if compact else label}{pad}",
+                          style=f"black on {colour}")
+            if compact:
+                legend.append(" ")
         return legend
     if mode == "entropy":
-        legend = Text("step entropy: ")
+        legend = Text("H: " if compact else "step entropy: ")
         for bits in (0, 1, 2, 4, 6, 8):
             legend.append(f" {bits}b ", style=f"black on {heat_color(1.0 - bits / ENTROPY_SCALE_BITS)}")
         return legend
-    legend = Text(f"{'final' if mode == 'final' else 'raw'} probability: ")
+    name = "final" if mode == "final" else "raw"
+    legend = Text(f"{name} p: " if compact else f"{name} probability: ")
     for label, prob in (("<.01%", 1e-5), (".1%", 1e-3), ("1%", 1e-2), ("10%", 0.1), ("50%", 0.5), ("100%", 1.0)):
-        legend.append(f" {label} ", style=f"black on {heat_color(prob_heat(prob))}")
+        legend.append(f"{pad}{label}{pad}", style=f"black on {heat_color(prob_heat(prob))}")
+        if compact:
+            legend.append(" ", style=f"on {heat_color(prob_heat(prob))}")
     return legend
 
 

@@ -120,6 +120,21 @@ class TokenResolved(LabEvent):
 
 
 @dataclass(frozen=True)
+class TokensNamed(LabEvent):
+    """The texts of some token ids (e.g. the ones a logit bias names)."""
+
+    names: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True)
+class RunsLoaded(LabEvent):
+    """The finished runs of a loaded session's tree (the run history starts with them)."""
+
+    runs: tuple[tuple[tuple[Step, ...], str | None], ...]
+    """(steps, stop reason) of each run, in the tree's order."""
+
+
+@dataclass(frozen=True)
 class TreeChanged(LabEvent):
     """The generation tree of the current prompt changed (a run ended, a branch was made)."""
 
@@ -446,6 +461,7 @@ class LabController:
             self.emit(StepsAdded(self.run_id, 0, tuple(steps), 0.0))
             if generation.stop_reason:
                 self.emit(RunStopped(self.run_id, generation.stop_reason, len(steps), 0.0, replayed=True))
+        self.emit(RunsLoaded(tuple((tuple(node.path()), node.stop_reason) for node in self.tree.finished())))
         self._emit_tree()
         self._emit_frontier()
 
@@ -583,6 +599,12 @@ class LabController:
         else:
             token_id = self.engine.find_token(text)
         self.emit(TokenResolved(token_id, self.engine.token_text(token_id)))
+
+    def _cmd_name_tokens(self, token_ids: tuple[int, ...]) -> None:
+        assert self.engine is not None
+        n_vocab = self.engine.n_vocab
+        self.emit(TokensNamed(tuple((token_id, self.engine.token_text(token_id) if token_id < n_vocab
+                                     else f"#{token_id}") for token_id in token_ids)))
 
     def _cmd_set_hot_tokens(self, token_ids: tuple[int, ...]) -> None:
         self.hot_tokens = tuple(token_ids)

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 
 
 from tokenlab.engine import Engine, EngineError, Utf8Stream
-from tokenlab.lab.step import DEFAULT_TOP_N, Frontier, Step
+from tokenlab.lab.step import DEFAULT_TOP_N, Frontier, Step, mass_before
 from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams
 
 STOP_EOS = "eos"
@@ -205,6 +205,9 @@ class Generation:
         eog = self.engine.is_eog(token_id)
         piece_bytes = self.engine.piece(token_id)
         text = "" if eog else self._utf8.push(piece_bytes)
+        dice = None
+        if self.record and not forced and frontier.drawn_u is not None and result.n_final > 1:
+            dice = (frontier.drawn_u, mass_before(result, token_id))
         if self.record:
             raw = frontier.raw
             prob, rank, entropy = raw.prob(token_id), raw.rank(token_id) + 1, raw.entropy_bits
@@ -227,6 +230,7 @@ class Generation:
             forced=forced,
             eog=eog,
             sampler_state=result.next_state(token_id) or None,
+            dice=dice,
         )
         self.steps.append(step)
         self._frontier = None

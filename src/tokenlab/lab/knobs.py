@@ -1,30 +1,69 @@
-"""The knobs of the lab: which sampler parameters can be turned, by how much, and within which bounds."""
+"""The knobs of the lab: which sampler parameters can be turned and by how much.
+
+Their bounds are SamplerParams' own (FIELD_RANGES), so a value the command line accepts is one the
+knob panel holds, and turning a knob never jumps to another range.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from tokenlab.sampling import DEFAULT_ORDER, SamplerParams
+from tokenlab.sampling import DEFAULT_ORDER, FIELD_RANGES, FieldRange, SamplerParams
 
 
 @dataclass(frozen=True)
 class KnobSpec:
-    """One turnable parameter of SamplerParams, with its steps and bounds."""
+    """One turnable parameter of SamplerParams, with its steps; its bounds are the parameter's own."""
 
     name: str
     """The SamplerParams field it sets."""
     label: str
     stage: str
-    """The pipeline stage it belongs to (switching the stage off disables the knob)."""
-    minimum: float
-    maximum: float
+    """The pipeline stage it belongs to (o switches it, { } move it); "" for a knob of several stages."""
     fine: float
     coarse: float
-    integer: bool = False
     help: str = ""
     optional: bool = False
     """None is a value (shown as "off"); turning it from None starts at `start_from`'s value."""
     start_from: str = ""
+    origin: str = "llama.cpp"
+    """Whose semantics the knob follows (llama.cpp, transformers, text-generation-webui, tokenlab)."""
+    acts_in: tuple[str, ...] = ()
+    """The stages it acts in when that is not just `stage` (the knob is off when all of them are)."""
+    bounds: FieldRange | None = None
+    """Bounds for a field that FIELD_RANGES does not hold (a field with a check of its own)."""
+
+    @property
+    def range(self) -> FieldRange:
+        """The values the parameter accepts: SamplerParams' declaration, shared with the CLI."""
+        return self.bounds if self.bounds is not None else FIELD_RANGES[self.name]
+
+    @property
+    def integer(self) -> bool:
+        """Whether the knob holds whole numbers."""
+        return self.range.integer
+
+    @property
+    def minimum(self) -> float:
+        """The smallest value the knob reaches (-inf when the parameter has no lower bound)."""
+        bounds = self.range
+        if bounds.low is None:
+            return -math.inf
+        return bounds.low + self.fine if bounds.low_open else bounds.low
+
+    @property
+    def maximum(self) -> float:
+        """The largest value the knob reaches (inf when the parameter has no upper bound)."""
+        bounds = self.range
+        if bounds.high is None:
+            return math.inf
+        return bounds.high - self.fine if bounds.high_open else bounds.high
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages the knob acts in."""
+        return self.acts_in or ((self.stage,) if self.stage else ())
 
     def clamp(self, value: float) -> float:
         """The value held inside [minimum, maximum] (and rounded for integer knobs)."""
@@ -45,70 +84,72 @@ class KnobSpec:
 
 
 KNOBS: tuple[KnobSpec, ...] = (
-    KnobSpec("temperature", "temperature", "temperature", 0.0, 5.0, 0.05, 0.25,
+    KnobSpec("temperature", "temperature", "temperature", 0.05, 0.25,
              help="softmax temperature; 0 = greedy"),
-    KnobSpec("top_k", "top-k", "top_k", 0, 1000, 1, 10, integer=True,
+    KnobSpec("top_k", "top-k", "top_k", 1, 10,
              help="keep the k most likely tokens; 0 = off"),
-    KnobSpec("top_p", "top-p", "top_p", 0.0, 1.0, 0.01, 0.05,
+    KnobSpec("top_p", "top-p", "top_p", 0.01, 0.05,
              help="keep the smallest set reaching this mass; 1 = off"),
-    KnobSpec("min_p", "min-p", "min_p", 0.0, 1.0, 0.01, 0.05,
+    KnobSpec("min_p", "min-p", "min_p", 0.01, 0.05,
              help="drop tokens below min-p x the top probability; 0 = off"),
-    KnobSpec("typical_p", "typical-p", "typical_p", 0.0, 1.0, 0.01, 0.05,
+    KnobSpec("typical_p", "typical-p", "typical_p", 0.01, 0.05,
              help="locally typical sampling mass; 1 = off"),
-    KnobSpec("repeat_penalty", "repeat pen.", "penalties", 0.5, 3.0, 0.01, 0.1,
+    KnobSpec("repeat_penalty", "repeat pen.", "penalties", 0.01, 0.1,
              help="divide/multiply logits of recent tokens; 1 = off"),
-    KnobSpec("frequency_penalty", "frequency pen.", "penalties", -2.0, 2.0, 0.05, 0.25,
+    KnobSpec("frequency_penalty", "frequency pen.", "penalties", 0.05, 0.25,
              help="subtract count x this from recent tokens; 0 = off"),
-    KnobSpec("presence_penalty", "presence pen.", "penalties", -2.0, 2.0, 0.05, 0.25,
+    KnobSpec("presence_penalty", "presence pen.", "penalties", 0.05, 0.25,
              help="subtract this from tokens seen recently; 0 = off"),
-    KnobSpec("penalty_last_n", "penalty window", "penalties", -1, 4096, 1, 16, integer=True,
+    KnobSpec("penalty_last_n", "penalty window", "penalties", 1, 16, acts_in=("penalties", "scaled_penalties"),
              help="recent tokens the penalties see; 0 = off, -1 = all"),
-    KnobSpec("min_keep", "min keep", "top_k", 1, 100, 1, 5, integer=True,
-             help="filters keep at least this many tokens"),
-    KnobSpec("top_n_sigma", "top-n-sigma", "top_n_sigma", -1.0, 10.0, 0.1, 0.5,
+    KnobSpec("min_keep", "min keep", "", 1, 5, acts_in=("top_k", "typical_p", "top_p", "min_p"),
+             help="top-k, typical-p, top-p and min-p keep at least this many tokens"),
+    KnobSpec("top_n_sigma", "top-n-sigma", "top_n_sigma", 0.1, 0.5,
              help="keep logits >= max - n·sigma; <= 0 = off"),
-    KnobSpec("xtc_probability", "xtc prob.", "xtc", 0.0, 1.0, 0.05, 0.25,
+    KnobSpec("xtc_probability", "xtc prob.", "xtc", 0.05, 0.25,
              help="chance of excluding the top choices; 0 = off"),
-    KnobSpec("xtc_threshold", "xtc threshold", "xtc", 0.0, 1.0, 0.01, 0.05,
+    KnobSpec("xtc_threshold", "xtc threshold", "xtc", 0.01, 0.05,
              help="tokens above this probability can be excluded"),
-    KnobSpec("dry_multiplier", "dry mult.", "dry", 0.0, 5.0, 0.05, 0.25,
+    KnobSpec("dry_multiplier", "dry mult.", "dry", 0.05, 0.25,
              help="DRY repetition penalty; 0 = off"),
-    KnobSpec("dry_base", "dry base", "dry", 1.0, 4.0, 0.05, 0.25, help="DRY exponential base"),
-    KnobSpec("dry_allowed_length", "dry allowed", "dry", 0, 20, 1, 4, integer=True,
+    KnobSpec("dry_base", "dry base", "dry", 0.05, 0.25, help="DRY exponential base"),
+    KnobSpec("dry_allowed_length", "dry allowed", "dry", 1, 4,
              help="DRY: repeats up to this length are free"),
-    KnobSpec("dry_penalty_last_n", "dry window", "dry", -1, 4096, 16, 64, integer=True,
+    KnobSpec("dry_penalty_last_n", "dry window", "dry", 16, 64,
              help="DRY: history scanned; -1 = all"),
-    KnobSpec("mirostat", "mirostat", "mirostat_v2", 0, 2, 2, 2, integer=True,
+    KnobSpec("mirostat", "mirostat", "mirostat_v2", 2, 2, bounds=FieldRange(low=0, high=2, integer=True),
              help="2 = mirostat v2 chooses the token; 0 = off"),
-    KnobSpec("mirostat_tau", "mirostat tau", "mirostat_v2", 0.0, 20.0, 0.1, 1.0,
+    KnobSpec("mirostat_tau", "mirostat tau", "mirostat_v2", 0.1, 1.0,
              help="mirostat target surprise (bits)"),
-    KnobSpec("mirostat_eta", "mirostat eta", "mirostat_v2", 0.0, 1.0, 0.01, 0.05,
+    KnobSpec("mirostat_eta", "mirostat eta", "mirostat_v2", 0.01, 0.05,
              help="mirostat learning rate"),
-    KnobSpec("dynatemp_range", "dynatemp range", "temperature", 0.0, 5.0, 0.05, 0.25,
+    KnobSpec("dynatemp_range", "dynatemp range", "temperature", 0.05, 0.25,
              help="temperature ± range by entropy; 0 = off"),
-    KnobSpec("dynatemp_exponent", "dynatemp exp.", "temperature", 0.0, 5.0, 0.1, 0.5,
+    KnobSpec("dynatemp_exponent", "dynatemp exp.", "temperature", 0.1, 0.5,
              help="dynamic temperature exponent"),
-    KnobSpec("temperature_end", "temp. end", "temperature", 0.0, 5.0, 0.05, 0.25, optional=True,
+    KnobSpec("temperature_end", "temp. end", "temperature", 0.05, 0.25, optional=True, origin="tokenlab",
              start_from="temperature", help="schedule: temperature moves to this; off = none"),
-    KnobSpec("temperature_steps", "temp. steps", "temperature", 1, 4096, 1, 16, integer=True,
+    KnobSpec("temperature_steps", "temp. steps", "temperature", 1, 16, origin="tokenlab",
              help="schedule length in tokens"),
-    KnobSpec("epsilon_cutoff", "epsilon", "epsilon", 0.0, 0.2, 0.0001, 0.001,
+    KnobSpec("epsilon_cutoff", "epsilon", "epsilon", 0.0001, 0.001, origin="transformers",
              help="drop tokens with p < epsilon; 0 = off"),
-    KnobSpec("eta_cutoff", "eta", "eta", 0.0, 0.2, 0.0001, 0.001,
+    KnobSpec("eta_cutoff", "eta", "eta", 0.0001, 0.001, origin="transformers",
              help="entropy-scaled cut-off; 0 = off"),
-    KnobSpec("top_a", "top-a", "top_a", 0.0, 1.0, 0.01, 0.05,
+    KnobSpec("top_a", "top-a", "top_a", 0.01, 0.05, origin="text-generation-webui",
              help="drop tokens with p < top_a·p_max²; 0 = off"),
-    KnobSpec("no_repeat_ngram_size", "no-repeat n-gram", "no_repeat_ngram", 0, 10, 1, 2, integer=True,
+    KnobSpec("no_repeat_ngram_size", "no-repeat n-gram", "no_repeat_ngram", 1, 2, origin="transformers",
              help="never repeat an n-gram of this size; 0 = off"),
-    KnobSpec("scaled_frequency", "scaled freq.", "scaled_penalties", 1.0, 3.0, 0.05, 0.25,
+    KnobSpec("scaled_frequency", "scaled freq.", "scaled_penalties", 0.05, 0.25, origin="tokenlab",
              help="frequency penalty as a temperature; 1 = off"),
-    KnobSpec("scaled_presence", "scaled pres.", "scaled_penalties", 1.0, 3.0, 0.05, 0.25,
+    KnobSpec("scaled_presence", "scaled pres.", "scaled_penalties", 0.05, 0.25, origin="tokenlab",
              help="presence penalty as a temperature; 1 = off"),
-    KnobSpec("watermark_key", "watermark key", "watermark", 0, 999_999, 1, 100, integer=True, optional=True,
+    KnobSpec("watermark_key", "watermark key", "watermark", 1, 100, optional=True, origin="tokenlab",
+             bounds=FieldRange(low=0, high=2**63 - 1, integer=True, optional=True),
              help="KGW watermark key (score detects it); off = none"),
-    KnobSpec("watermark_gamma", "wm. gamma", "watermark", 0.01, 0.99, 0.01, 0.05,
-             help="watermark: green fraction of the vocabulary"),
-    KnobSpec("watermark_delta", "wm. delta", "watermark", 0.0, 10.0, 0.1, 0.5,
+    KnobSpec("watermark_gamma", "wm. gamma", "watermark", 0.01, 0.05, origin="tokenlab",
+             bounds=FieldRange(low=0.0, high=1.0, low_open=True, high_open=True),
+             help="watermark: green fraction of the vocabulary (Kirchenbauer et al.)"),
+    KnobSpec("watermark_delta", "wm. delta", "watermark", 0.1, 0.5, origin="tokenlab",
              help="watermark: added to green logits; 0 = off"),
 )
 """Every knob, in the order the knob panel lists them."""
@@ -157,6 +198,16 @@ def reset_knob(params: SamplerParams, name: str) -> SamplerParams:
 def stage_enabled(params: SamplerParams, stage: str) -> bool:
     """Whether a stage is in the pipeline's order."""
     return stage in params.samplers
+
+
+def knob_enabled(params: SamplerParams, knob: KnobSpec) -> bool:
+    """Whether a knob acts: at least one of its stages is in the pipeline's order."""
+    return any(stage in params.samplers for stage in knob.stages)
+
+
+def knob_changed(params: SamplerParams, knob: KnobSpec) -> bool:
+    """Whether a knob differs from its default."""
+    return knob_value(params, knob.name) != knob_value(DEFAULTS, knob.name)
 
 
 def toggle_stage(params: SamplerParams, stage: str) -> SamplerParams:

@@ -23,6 +23,13 @@ RANK_BUCKETS: tuple[tuple[int, str], ...] = ((10, "top-10"), (100, "top-100"), (
 """GLTR's rank buckets: a token's rank falls in the first bucket whose limit it does not exceed."""
 
 
+def file_text(text: str) -> str:
+    """A text read from a file or a pipe without the newline that ends its last line (not part of the text)."""
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith("\n") else text
+
+
 def rank_bucket(rank: int) -> str:
     """The GLTR bucket of a 1-based rank."""
     return next(label for limit, label in RANK_BUCKETS if rank <= limit)
@@ -231,6 +238,11 @@ def score_tokens(
             logprob, rank, entropy, top, (mean, variance) = prediction
             scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id), math.exp(logprob),
                                       logprob, rank, entropy, top, mean, variance))
+    if not predictions:
+        raise EngineError(
+            "the text is a single token for this model, and nothing comes before it to predict it from; "
+            "give at least two tokens"
+        )
     tail = stream.flush()
     if tail and scored:
         last = scored[-1]

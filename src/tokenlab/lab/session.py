@@ -150,6 +150,8 @@ def step_from_json(data: dict[str, Any]) -> Step:
     values = dict(data)
     values["top"] = tuple(Candidate(int(c[0]), str(c[1]), float(c[2]), float(c[3]), float(c[4]), c[5])
                           for c in values["top"])
+    if values.get("dice") is not None:
+        values["dice"] = (float(values["dice"][0]), float(values["dice"][1]))
     return Step(**values)
 
 

@@ -71,6 +71,10 @@ class Step:
     """True when the token ends generation (EOS, EOT)."""
     sampler_state: Mapping[str, object] | None = None
     """The stateful samplers' state after this token (mirostat's mu), for the next step and for rewinds."""
+    dice: tuple[float, float] | None = None
+    """The draw: (u, mass before the token). The uniform number u in [0, 1) fell in the chosen token's
+    slice [before, before + final_prob) of the cumulative final distribution (most likely token first).
+    None when the token was forced, when it was the only one left, or for a step not recorded in full."""
 
     def to_json(self) -> dict[str, Any]:
         """The step as the JSON object `tokenlab generate --format jsonl` prints."""
@@ -87,12 +91,25 @@ class Step:
             "forced": self.forced,
             "eog": self.eog,
             **({"sampler_state": dict(self.sampler_state)} if self.sampler_state else {}),
+            **({"dice": {"u": self.dice[0], "before": self.dice[1]}} if self.dice is not None else {}),
             "top": [
                 {"id": c.id, "text": c.text, "prob": c.prob, "final_prob": c.final_prob,
                  "removed_by": c.removed_by}
                 for c in self.top
             ],
         }
+
+
+def mass_before(result: PipelineResult, token_id: int) -> float:
+    """The final probability of every token the draw's cumulative order puts before `token_id`.
+
+    The draw walks the survivors by descending final probability (ties: ascending id); this sums the
+    same tokens with one vectorised pass instead of sorting the whole vocabulary.
+    """
+    probs = result.dense_probs()
+    prob = probs[token_id]
+    ties = np.flatnonzero(probs[:token_id] == prob)
+    return float(probs[probs > prob].sum() + probs[ties].sum())
 
 
 @dataclass
@@ -115,6 +132,8 @@ class Frontier:
     """Generated tokens before this step (temperature schedules count from here)."""
     result: PipelineResult = field(init=False)
     rng: np.random.Generator = field(init=False, repr=False)
+    drawn_u: float | None = field(init=False, default=None)
+    """The uniform number the last draw took (see Step.dice)."""
     _raw: RawStats | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -145,7 +164,12 @@ class Frontier:
 
     def draw(self) -> int:
         """Draw this step's token from the final distribution with the step's random stream."""
-        return self.result.draw(self.rng)
+        before_draw = self.rng.bit_generator.state
+        u = float(self.rng.random())  # the number the draw is about to take, read from a copy of the stream
+        self.rng.bit_generator.state = before_draw
+        token_id = self.result.draw(self.rng)
+        self.drawn_u = u
+        return token_id
 
     def top_ids(self, n: int) -> np.ndarray:
         """Ids of the n most likely tokens by raw logit, most likely first."""

@@ -116,6 +116,17 @@ class GenerationTree:
         """Every leaf: one per distinct branch."""
         return list(self.root.leaves())
 
+    def finished(self) -> list[TreeNode]:
+        """Every node where a run ended (a run may end where another goes on), depth first."""
+        found: list[TreeNode] = []
+        pending = [self.root]
+        while pending:
+            node = pending.pop()
+            if node.ends:
+                found.append(node)
+            pending.extend(reversed(node.children.values()))
+        return found
+
     def forks(self) -> list[TreeNode]:
         """Nodes where branches diverge (more than one child), shallowest first."""
         found: list[TreeNode] = []

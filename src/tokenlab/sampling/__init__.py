@@ -35,7 +35,9 @@ from tokenlab.sampling.history import DRY_DEFAULT_BREAKERS, dry_breaker_sequence
 from tokenlab.sampling.mirostat import MIROSTAT_MU
 from tokenlab.sampling.params import (
     DEFAULT_ORDER,
+    FIELD_RANGES,
     STAGE_NAMES,
+    FieldRange,
     SamplerParams,
     canonical_stage_name,
     parse_samplers,
@@ -66,6 +68,7 @@ __all__ = [
     "DEFAULT_ORDER",
     "DRY_DEFAULT_BREAKERS",
     "EMPTY_STATE",
+    "FIELD_RANGES",
     "MIROSTAT_MU",
     "ORDER_PRESETS",
     "REMOVED_BY_INPUT",
@@ -74,6 +77,7 @@ __all__ = [
     "TEMPERATURE_CURVES",
     "Candidates",
     "Cutoff",
+    "FieldRange",
     "Pipeline",
     "PipelineResult",
     "RawStats",

@@ -118,6 +118,68 @@ def _frozen_bias(bias: Mapping[Any, Any]) -> Mapping[int, float]:
 
 
 @dataclass(frozen=True)
+class FieldRange:
+    """The values a numeric SamplerParams field accepts (None: no bound on that side)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    note: str = ""
+    """Said after the range in an error, e.g. " (0 = off)"."""
+    optional: bool = False
+    """None is a value too (the feature is off)."""
+
+    def check(self, name: str, value: object) -> float | int | None:
+        """`value` checked against the range, or a ValueError naming `name`, the value and the range."""
+        if value is None and self.optional:
+            return None
+        if self.integer:
+            return check_int(name, value, low=int(self.low if self.low is not None else -(2**63)),
+                             note=self.note)
+        return check_float(name, value, low=self.low, high=self.high, low_open=self.low_open,
+                           high_open=self.high_open, note=self.note)
+
+
+FIELD_RANGES: dict[str, FieldRange] = {
+    "temperature": FieldRange(low=0.0, note=" (0 = greedy)"),
+    "top_k": FieldRange(low=0, integer=True, note=" (0 = off)"),
+    "top_p": FieldRange(low=0.0, high=1.0),
+    "min_p": FieldRange(low=0.0, high=1.0),
+    "typical_p": FieldRange(low=0.0, high=1.0),
+    "repeat_penalty": FieldRange(low=0.0, low_open=True),
+    "frequency_penalty": FieldRange(),
+    "presence_penalty": FieldRange(),
+    "penalty_last_n": FieldRange(low=-1, integer=True, note=" (-1 = whole history, 0 = off)"),
+    "min_keep": FieldRange(low=1, integer=True),
+    "top_n_sigma": FieldRange(note=" (<= 0 = off)"),
+    "xtc_probability": FieldRange(low=0.0, high=1.0),
+    "xtc_threshold": FieldRange(low=0.0, high=1.0, note=" (> 0.5 = off)"),
+    "dry_multiplier": FieldRange(low=0.0, note=" (0 = off)"),
+    "dry_base": FieldRange(low=1.0),
+    "dry_allowed_length": FieldRange(low=0, integer=True),
+    "dry_penalty_last_n": FieldRange(low=-1, integer=True, note=" (-1 = whole history, 0 = off)"),
+    "mirostat_tau": FieldRange(low=0.0),
+    "mirostat_eta": FieldRange(low=0.0),
+    "dynatemp_range": FieldRange(low=0.0, note=" (0 = off)"),
+    "dynatemp_exponent": FieldRange(low=0.0),
+    "temperature_end": FieldRange(low=0.0, optional=True, note=" (or None for no schedule)"),
+    "temperature_steps": FieldRange(low=0, integer=True),
+    "epsilon_cutoff": FieldRange(low=0.0, high=1.0, high_open=True, note=" (0 = off)"),
+    "eta_cutoff": FieldRange(low=0.0, high=1.0, high_open=True, note=" (0 = off)"),
+    "top_a": FieldRange(low=0.0, high=1.0, note=" (0 = off)"),
+    "no_repeat_ngram_size": FieldRange(low=0, integer=True, note=" (0 = off)"),
+    "scaled_frequency": FieldRange(low=1.0, note=" (1 = off)"),
+    "scaled_presence": FieldRange(low=1.0, note=" (1 = off)"),
+    "watermark_delta": FieldRange(low=0.0, note=" (0 = off)"),
+}
+"""The range of every plain numeric field: validation, the CLI and the lab's knobs all use these.
+(mirostat, logit_bias, ban and the DRY breakers have checks of their own; `check_schedule` checks the
+schedule's fields as a whole, with the same bounds.)"""
+
+
+@dataclass(frozen=True)
 class SamplerParams:
     """Every sampler knob, validated on construction; defaults equal llama.cpp's common sampler."""
 
@@ -206,85 +268,19 @@ class SamplerParams:
     """"lefthash" (the previous token picks the list) or "selfhash" (see sampling/watermark.py)."""
 
     def __post_init__(self) -> None:
-        checked = {
-            "temperature": check_float(
-                "temperature", self.temperature, low=0.0, note=" (0 = greedy)"
-            ),
-            "top_k": check_int("top_k", self.top_k, low=0, note=" (0 = off)"),
-            "top_p": check_float("top_p", self.top_p, low=0.0, high=1.0),
-            "min_p": check_float("min_p", self.min_p, low=0.0, high=1.0),
-            "typical_p": check_float("typical_p", self.typical_p, low=0.0, high=1.0),
-            "repeat_penalty": check_float(
-                "repeat_penalty", self.repeat_penalty, low=0.0, low_open=True
-            ),
-            "frequency_penalty": check_float("frequency_penalty", self.frequency_penalty),
-            "presence_penalty": check_float("presence_penalty", self.presence_penalty),
-            "penalty_last_n": check_int(
-                "penalty_last_n", self.penalty_last_n, low=-1, note=" (-1 = whole history, 0 = off)"
-            ),
-            "min_keep": check_int("min_keep", self.min_keep, low=1),
-            "logit_bias": _frozen_bias(self.logit_bias),
-            "ban": self._checked_ban(),
-            "samplers": parse_samplers(self.samplers),
-            "top_n_sigma": check_float("top_n_sigma", self.top_n_sigma, note=" (<= 0 = off)"),
-            "xtc_probability": check_float(
-                "xtc_probability", self.xtc_probability, low=0.0, high=1.0
-            ),
-            "xtc_threshold": check_float(
-                "xtc_threshold", self.xtc_threshold, low=0.0, high=1.0, note=" (> 0.5 = off)"
-            ),
-            "dry_multiplier": check_float(
-                "dry_multiplier", self.dry_multiplier, low=0.0, note=" (0 = off)"
-            ),
-            "dry_base": check_float("dry_base", self.dry_base, low=1.0),
-            "dry_allowed_length": check_int("dry_allowed_length", self.dry_allowed_length, low=0),
-            "dry_penalty_last_n": check_int(
-                "dry_penalty_last_n",
-                self.dry_penalty_last_n,
-                low=-1,
-                note=" (-1 = whole history, 0 = off)",
-            ),
-            "dry_sequence_breakers": check_breakers(self.dry_sequence_breakers),
-            "mirostat": check_mirostat(self.mirostat),
-            "mirostat_tau": check_float("mirostat_tau", self.mirostat_tau, low=0.0),
-            "mirostat_eta": check_float("mirostat_eta", self.mirostat_eta, low=0.0),
-            "dynatemp_range": check_float(
-                "dynatemp_range", self.dynatemp_range, low=0.0, note=" (0 = off)"
-            ),
-            "dynatemp_exponent": check_float("dynatemp_exponent", self.dynatemp_exponent, low=0.0),
-            "epsilon_cutoff": check_float(
-                "epsilon_cutoff",
-                self.epsilon_cutoff,
-                low=0.0,
-                high=1.0,
-                high_open=True,
-                note=" (0 = off)",
-            ),
-            "eta_cutoff": check_float(
-                "eta_cutoff",
-                self.eta_cutoff,
-                low=0.0,
-                high=1.0,
-                high_open=True,
-                note=" (0 = off)",
-            ),
-            "top_a": check_float("top_a", self.top_a, low=0.0, high=1.0, note=" (0 = off)"),
-            "no_repeat_ngram_size": check_int(
-                "no_repeat_ngram_size", self.no_repeat_ngram_size, low=0, note=" (0 = off)"
-            ),
-            "scaled_frequency": check_float(
-                "scaled_frequency", self.scaled_frequency, low=1.0, note=" (1 = off)"
-            ),
-            "scaled_presence": check_float(
-                "scaled_presence", self.scaled_presence, low=1.0, note=" (1 = off)"
-            ),
-            "watermark_key": check_watermark_key(self.watermark_key),
-            "watermark_gamma": check_gamma(self.watermark_gamma),
-            "watermark_delta": check_float(
-                "watermark_delta", self.watermark_delta, low=0.0, note=" (0 = off)"
-            ),
-            "watermark_scheme": check_scheme(self.watermark_scheme),
+        checked: dict[str, object] = {
+            name: bounds.check(name, getattr(self, name)) for name, bounds in FIELD_RANGES.items()
         }
+        checked.update(
+            logit_bias=_frozen_bias(self.logit_bias),
+            ban=self._checked_ban(),
+            samplers=parse_samplers(self.samplers),
+            dry_sequence_breakers=check_breakers(self.dry_sequence_breakers),
+            mirostat=check_mirostat(self.mirostat),
+            watermark_key=check_watermark_key(self.watermark_key),
+            watermark_gamma=check_gamma(self.watermark_gamma),
+            watermark_scheme=check_scheme(self.watermark_scheme),
+        )
         end, steps, curve = check_schedule(
             checked["temperature"],  # type: ignore[arg-type]
             self.temperature_end,

@@ -31,6 +31,12 @@ class TokenLabApp(App[None]):
         """A notification to show once the lab is up."""
         self.autosave_enabled = True
         """Save the session to the autosave file on exit (tokenlab lab --restore brings it back)."""
+        self.crash: str | None = None
+        """One line on the unexpected error that stopped the lab, if one did."""
+        self.crash_log: Path | None = None
+        """Where the full traceback of that error was written (None if it could not be)."""
+        self.autosaved: Path | None = None
+        """Where the session was autosaved on exit, if it was."""
 
     def on_mount(self) -> None:
         # The controller thread needs the GIL back after every llama.cpp call; with the default 5 ms
@@ -56,11 +62,50 @@ class TokenLabApp(App[None]):
         if not controller.generation.steps and not controller.tree.runs:
             return
         try:
-            save(controller.session(), autosave_path())
+            self.autosaved = save(controller.session(), autosave_path())
         except OSError:
             pass  # never block quitting on a full disk or a read-only home
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Textual's one funnel for unhandled errors: it stops the app with return code 1 (the session is
+        # still autosaved on unmount). Keep one line for the command line to print and the traceback in a
+        # file, instead of a screen-long traceback after the terminal is restored.
+        if self.crash is None:
+            self.crash = crash_line(error)
+            self.crash_log = write_crash_log(error)
+        super()._handle_exception(error)
+
+    def _print_error_renderables(self) -> None:
+        if self.crash is not None:
+            self._exit_renderables.clear()  # `tokenlab lab` prints self.crash instead
+        super()._print_error_renderables()
 
     @property
     def lab(self) -> LabScreen:
         """The lab screen (the bottom of the screen stack)."""
         return next(screen for screen in self.screen_stack if isinstance(screen, LabScreen))
+
+
+def crash_line(error: BaseException) -> str:
+    """An unexpected error as one line: its type, message and the innermost place of tokenlab it came from."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [frame for frame in frames if "tokenlab" in frame.filename] or frames
+    where = f" (in {Path(ours[-1].filename).name}:{ours[-1].lineno})" if ours else ""
+    message = " ".join(str(error).split()) or "no message"
+    return f"{type(error).__name__}: {message[:300]}{where}"
+
+
+def write_crash_log(error: BaseException) -> Path | None:
+    """Write the full traceback next to the autosave file; None if that is not possible."""
+    import traceback
+
+    from tokenlab.files import write_text_atomic
+    from tokenlab.lab.session import autosave_path
+
+    try:
+        return write_text_atomic(autosave_path().with_name("crash.txt"),
+                                 "".join(traceback.format_exception(type(error), error, error.__traceback__)))
+    except OSError:
+        return None

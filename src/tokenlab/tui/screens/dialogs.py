@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rich.table import Table
@@ -22,8 +23,39 @@ from tokenlab.render import stage_view_tables
 from tokenlab.sampling import SamplerParams
 
 
+HELP_PANELS: tuple[tuple[str, str], ...] = (
+    ("text", "The generated text, after the prompt (dimmed). Each token's background says how likely the "
+             "model found it; every other token is a shade darker so you can see where tokens start; an "
+             "underlined token was forced (enter); ▍ marks the live next step while paused."),
+    ("colours", "c cycles what the colours mean: raw p (the model's own probability, temperature 1, no knob), "
+                "final p (after every knob), rank (GLTR: green top-10, yellow top-100, red top-1000, purple "
+                "the rest) or entropy (how unsure the model was at that step). On the probability scales red "
+                "is rare (under 0.01%), yellow about 1-10%, green likely (50% and up); the scale is "
+                "logarithmic."),
+    ("curve", "Under the text: the probabilities of the inspected step sorted from the most likely token "
+              "(left) to the least likely (right), ranks on a log axis over the whole vocabulary, heights on "
+              "a log scale from 1e-8 to 1. 'raw' is the model's distribution, 'final' the one the token is "
+              "drawn from; where 'final' goes blank the knobs cut the tokens off. A past step shows only its "
+              "recorded top candidates."),
+    ("N can be drawn", "How many tokens still have a probability above zero after every stage: the dice can "
+                       "only land on these. H a → b bits is the entropy before and after the knobs (1 bit: a "
+                       "coin flip between two tokens; 0: certain)."),
+    ("candidates", "The inspected step's most likely tokens: rank, raw p, final p and a bar of final p. "
+                   "▶ is the token that was drawn, ✦ a hot token, ✗stage the stage that removed it."),
+    ("dice", "Under the candidates' title of a drawn step: the uniform random number u the draw took, "
+             "and the final distribution laid out on [0, 1) as a bar, most likely token first. The drawn "
+             "token's slice is coloured and ┃ marks where u fell: inside that slice, so that token came out. "
+             "A wide slice is a likely token; the seed fixes u."),
+    ("knobs", "The first line is the order the active stages run in (the selected knob's stage "
+              "highlighted); a changed knob is yellow with a *, a knob whose stage is off is dim; the last "
+              "line says what the selected knob does and whose semantics it follows. Rows after the knobs "
+              "are hot tokens: a logit bias added before any stage."),
+)
+"""What each part of the lab shows, for the help screen."""
+
+
 class HelpScreen(ModalScreen[None]):
-    """Every key of the lab, with what it does."""
+    """Every key of the lab with what it does, and what each panel shows; scrolls when it does not fit."""
 
     BINDINGS = [
         Binding("escape,q,question_mark", "dismiss", "Close", tooltip="Close the help"),
@@ -39,9 +71,19 @@ class HelpScreen(ModalScreen[None]):
         table.add_column()
         for key, description in self._keys:
             table.add_row(key, description)
-        with Vertical(id="help-box", classes="dialog"):
-            yield Label("[b]tokenlab keys[/b]  (escape closes)")
+        panels = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+        panels.add_column(style="bold green", no_wrap=True)
+        panels.add_column()
+        for name, description in HELP_PANELS:
+            panels.add_row(name, description)
+        with VerticalScroll(id="help-box", classes="dialog"):
+            yield Label("[b]tokenlab keys[/b]  (↑/↓ page up/down scroll · escape closes)")
             yield Static(table, id="help-table")
+            yield Label("\n[b]What you see[/b]")
+            yield Static(panels, id="help-panels")
+
+    def on_mount(self) -> None:
+        self.query_one("#help-box", VerticalScroll).focus()
 
 
 class PromptEditor(ModalScreen[tuple[str, bool | None] | None]):
@@ -123,8 +165,10 @@ class RunRecord:
     """A finished run kept in the loop history."""
 
     run_id: int
-    seed: int
-    params: SamplerParams
+    seed: int | None
+    """None for a run of a loaded session (the tree does not keep seeds)."""
+    params: SamplerParams | None
+    """None for a run of a loaded session (the tree does not keep each run's knobs)."""
     steps: tuple[Step, ...]
     stop_reason: str | None
 
@@ -133,8 +177,10 @@ class RunRecord:
         """The generated text."""
         return "".join(step.text for step in self.steps)
 
-    def settings(self) -> str:
-        """The knobs that differ from the defaults, briefly."""
+    def settings(self, names: Mapping[int, str] | None = None) -> str:
+        """The knobs that differ from the defaults, briefly; `names` gives biased tokens' texts."""
+        if self.params is None:
+            return "from the saved tree"
         defaults = SamplerParams()
         changed = [
             f"{name}={getattr(self.params, name)}"
@@ -144,8 +190,9 @@ class RunRecord:
         ]
         if self.params.samplers != defaults.samplers:
             changed.append("samplers=" + ",".join(self.params.samplers))
-        if self.params.logit_bias:
-            changed.append(f"bias×{len(self.params.logit_bias)}")
+        for token_id, bias in self.params.logit_bias.items():
+            token = f"'{visible(names[token_id])}'" if names and token_id in names else f"#{token_id}"
+            changed.append(f"bias {token}{'=ban' if bias == float('-inf') else f'{bias:+g}'}")
         return " ".join(changed) or "defaults"
 
 
@@ -154,17 +201,19 @@ class HistoryScreen(ModalScreen[int | None]):
 
     BINDINGS = [Binding("escape", "cancel", "Close", tooltip="Back to the live run")]
 
-    def __init__(self, records: list[RunRecord]) -> None:
+    def __init__(self, records: list[RunRecord], names: Mapping[int, str] | None = None) -> None:
         super().__init__()
         self._records = records
+        self._names = names
 
     def compose(self) -> ComposeResult:
         options = []
         for index, record in enumerate(reversed(self._records)):
             line = Text()
-            line.append(f"#{record.run_id:<3} seed {record.seed:<10} ", style="bold")
+            seed = f"seed {record.seed:<10}" if record.seed is not None else "saved run      "
+            line.append(f"#{record.run_id:<3} {seed} ", style="bold")
             line.append(f"{len(record.steps):>3} tok  {record.stop_reason or '':<12} ", style="dim")
-            line.append(record.settings(), style="cyan")
+            line.append(record.settings(self._names), style="cyan")
             line.append("\n   " + record.text.replace("\n", " ↵ ")[:90])
             options.append(Option(line, id=str(len(self._records) - 1 - index)))
         with Vertical(id="history-box", classes="dialog"):

@@ -11,6 +11,8 @@ import os
 from collections import deque
 from collections.abc import Callable
 
+from rich.text import Text
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -31,13 +33,16 @@ from tokenlab.lab.controller import (
     StepsAdded,
     RolloutProgress,
     RolloutsReady,
+    RunsLoaded,
     ScoreReady,
     SessionSaved,
     StageViewReady,
     TokenResolved,
+    TokensNamed,
     TreeChanged,
 )
 from tokenlab.lab.knobs import KNOBS, move_stage, nudge, reset_knob, toggle_stage, with_bias
+from tokenlab.lab.score import file_text
 from tokenlab.lab.step import Candidate, Step
 from tokenlab.render import COLOUR_MODES, mode_legend
 from tokenlab.sampling import SamplerParams
@@ -54,6 +59,7 @@ from tokenlab.tui.screens.dialogs import (
     TreeScreen,
 )
 from tokenlab.tui.widgets import CandidatesTable, DistributionStrip, KnobPanel, PromptBar, StatusLine, TokenView
+from tokenlab.tui.widgets.panels import dice_line
 
 HISTORY_SIZE = 15
 ROLLOUT_N, ROLLOUT_LENGTH = 64, 16
@@ -64,8 +70,26 @@ KNOB_KEYS = {"t": "temperature", "k": "top_k", "p": "top_p", "m": "min_p", "y": 
 _KEY_NAMES = {
     "question_mark": "?", "plus": "+", "equals_sign": "=", "minus": "-", "greater_than_sign": ">",
     "less_than_sign": "<", "left_square_bracket": "[", "right_square_bracket": "]", "left": "←",
-    "right": "→", "up": "↑", "down": "↓", "S": "S (shift+s)",
+    "right": "→", "up": "↑", "down": "↓", "S": "S (shift+s)", "left_curly_bracket": "{",
+    "right_curly_bracket": "}", "R": "R (shift+r)", "P": "P (shift+p)",
 }
+
+
+def existing_file(text: str, root: Path | None = None) -> Path | None:
+    """The file a pasted one-line text names, or None (a paragraph is text, not a path, whatever its length).
+
+    With a root (a served lab), a path outside it raises OutsideDirectoryError.
+    """
+    line = text.strip()
+    if not line or "\n" in line:
+        return None
+    try:
+        path = confined_path(line, root)
+        return path if path.is_file() else None
+    except OutsideDirectoryError:
+        raise
+    except (OSError, ValueError, RuntimeError):  # too long for a file name, a NUL byte, no home directory
+        return None
 
 
 def key_label(keys: str) -> str:
@@ -113,7 +137,7 @@ class LabScreen(Screen[None]):
         Binding("left_square_bracket", "candidate(-1)", "Cand. up", show=False, tooltip="Select the candidate above"),
         Binding("right_square_bracket", "candidate(1)", "Cand. down", show=False, tooltip="Select the candidate below"),
         Binding("enter", "choose", "Choose", show=False, tooltip="Force the selected candidate at this step and go on from there"),
-        Binding("x", "expand", "5/20", show=False, tooltip="Show 5 or 20 candidates"),
+        Binding("x", "expand", "More cand.", show=False, tooltip="Show 5 candidates or as many as fit"),
         Binding("v", "history", "History", show=False, tooltip="The last runs; pick one to view it"),
         Binding("g", "score", "Score text", show=False, tooltip="Score a text you paste (GLTR): how likely the model finds each token"),
         Binding("b", "tree", "Tree", tooltip="The tree of branches from this prompt; enter switches to one"),
@@ -138,19 +162,26 @@ class LabScreen(Screen[None]):
         """Inspected step; None follows the newest step (or the live frontier when paused)."""
         self.selected_knob = 0
         self.selected_candidate = 0
+        self.expanded = False
+        """x: as many candidates as fit instead of 5."""
         self.candidate_limit = 5
+        """Candidates listed now (5, or as many as fit when expanded)."""
         self.running = False
         self.loop = False
         self.stop_reason: str | None = None
         self.tokens_per_second = 0.0
-        self.hot: tuple[int, str] | None = None
+        self.token_names: dict[int, str] = {}
+        """Texts of the token ids the lab has named (hot tokens, biases)."""
+        self.picked_hot: list[int] = []
+        """Hot tokens picked with h that have no bias yet (they get a row anyway)."""
+        self._hot_sent: tuple[int, ...] = ()
         self.history: deque[RunRecord] = deque(maxlen=HISTORY_SIZE)
         self.viewing: RunRecord | None = None
         self.branch_tree: TreeChanged | None = None
         self.save_path = controller.settings.save_path or "tokenlab-session.json"
         self.rollout_progress: tuple[int, int] | None = None
         """(steps done, total) while rollouts run."""
-        self._legend_mode = ""
+        self._legend_mode: tuple[str, int] | None = None
 
     # -- layout ------------------------------------------------------------------------------------
 
@@ -213,6 +244,7 @@ class LabScreen(Screen[None]):
             self.run_id = event.run_id
             self.seed = event.seed
             self.params = event.params
+            self._sync_hot()
             self.prompt = event.prompt
             self.steps = []
             self.frontier = None
@@ -254,15 +286,53 @@ class LabScreen(Screen[None]):
             self.model_name = event.model_name
             self.model_ready = True
         elif isinstance(event, TokenResolved):
-            self.hot = (event.token_id, event.text)
-            self.selected_knob = len(KNOBS)
-            self.controller.send("set_hot_tokens", (event.token_id,))
+            self.token_names[event.token_id] = event.text
+            if event.token_id not in self.hot_ids():
+                self.picked_hot.append(event.token_id)
+            self.selected_knob = len(KNOBS) + self.hot_ids().index(event.token_id)
+            self._sync_hot()
+        elif isinstance(event, TokensNamed):
+            self.token_names.update(event.names)
+        elif isinstance(event, RunsLoaded):
+            for number, (steps, reason) in enumerate(event.runs[-HISTORY_SIZE:], start=1):
+                self.history.append(RunRecord(number, None, None, steps, reason))
         elif isinstance(event, LabFailed):
             self.rollout_progress = None
             if not self.model_ready and self.model_name == "loading model…":
                 self.model_name = "no model"
             self.notify(event.message, severity="error", timeout=8, markup=False)
         self.refresh_view()
+
+    # -- hot tokens ----------------------------------------------------------------------------------
+
+    def hot_ids(self) -> list[int]:
+        """Every hot token: each token with a logit bias, then the ones picked with h and not biased yet."""
+        biased = list(self.params.logit_bias)
+        return biased + [token_id for token_id in self.picked_hot if token_id not in biased]
+
+    @property
+    def hot(self) -> tuple[int, str] | None:
+        """The hot token the selected row stands for, with its text (None when a knob is selected)."""
+        ids = self.hot_ids()
+        offset = self.selected_knob - len(KNOBS)
+        if not 0 <= offset < len(ids):
+            return None
+        token_id = ids[offset]
+        return token_id, self.token_names.get(token_id, f"#{token_id}")
+
+    def _sync_hot(self) -> None:
+        """Tell the controller which tokens to list among the candidates; ask it for unknown names."""
+        ids = tuple(self.hot_ids())
+        if ids != self._hot_sent:
+            self._hot_sent = ids
+            self.controller.send("set_hot_tokens", ids)
+        unnamed = tuple(token_id for token_id in ids if token_id not in self.token_names)
+        if unnamed:
+            self.controller.send("name_tokens", unnamed)
+
+    def _knob_rows(self) -> int:
+        """Rows of the knob panel: every knob, then one per hot token (or one to pick the first)."""
+        return len(KNOBS) + max(1, len(self.hot_ids()))
 
     # -- what is inspected -------------------------------------------------------------------------
 
@@ -303,27 +373,33 @@ class LabScreen(Screen[None]):
         cursor = self.effective_cursor()
         token_view = self.query_one(TokenView)
         following = self.cursor is None and (self.running or self.viewing is not None)
+        token_view.show_prompt(self.prompt)
         token_view.show(steps, None if following else cursor,
                         frontier=self.frontier is not None and self.viewing is None)
-        if self._legend_mode != token_view.colour_mode:
-            self._legend_mode = token_view.colour_mode
-            self.query_one("#legend", Static).update(mode_legend(token_view.colour_mode), layout=False)
+        legend = self.query_one("#legend", Static)
+        legend_key = (token_view.colour_mode, legend.content_region.width)
+        if self._legend_mode != legend_key:
+            self._legend_mode = legend_key
+            legend.update(mode_legend(token_view.colour_mode, legend.content_region.width or None), layout=False)
         candidates, chosen, title = self.inspected()
         table = self.query_one(CandidatesTable)
-        rows = table.rows_for(candidates, chosen, self.candidate_limit, self.hot[0] if self.hot else None)
+        hot_ids = self.hot_ids()
+        self.candidate_limit = self._candidate_limit(table, candidates, chosen, hot_ids)
+        rows = table.rows_for(candidates, chosen, self.candidate_limit, hot_ids)
         self.selected_candidate = min(self.selected_candidate, max(0, len(rows) - 1))
         table.show(candidates, chosen=chosen, selected=self.selected_candidate, limit=self.candidate_limit,
-                   title=title, hot=self.hot[0] if self.hot else None)
+                   title=title, hot=hot_ids, dice=self._dice(table, steps, cursor))
         strip = self.query_one(DistributionStrip)
         width = strip.size.width or 40
         if cursor is not None and cursor >= len(steps) and self.frontier is not None:
             strip.show_frontier(self.frontier, width)
         elif cursor is not None and cursor < len(steps):
             strip.show_step(steps[cursor], width)
-        hot_bias = self.params.logit_bias.get(self.hot[0], 0.0) if self.hot else 0.0
+        hot_rows = [(self.token_names.get(token_id, f"#{token_id}"), self.params.logit_bias.get(token_id, 0.0))
+                    for token_id in hot_ids]
         live = self.frontier.live if self.frontier is not None and self.viewing is None else ()
-        self.query_one(KnobPanel).show(self.params, self.selected_knob, hot_text=self.hot[1] if self.hot else None,
-                                       hot_bias=hot_bias, live=live)
+        self.selected_knob = min(self.selected_knob, self._knob_rows() - 1)
+        self.query_one(KnobPanel).show(self.params, self.selected_knob, hot_rows=hot_rows, live=live)
         self.query_one(PromptBar).show(self.prompt, self.model_name, self.chat)
         state = "running" if self.running else ("stopped" if self.stop_reason else "paused")
         if self.rollout_progress is not None:
@@ -339,6 +415,26 @@ class LabScreen(Screen[None]):
         )
         if self.cursor is None:
             token_view.follow()
+
+    def _dice(self, table: CandidatesTable, steps: list[Step], cursor: int | None) -> Text | None:
+        """The dice line of the inspected step (the live next step has not been drawn yet)."""
+        if cursor is None:
+            return None
+        width = max(20, table.content_region.width or 38)
+        if cursor < len(steps):
+            return dice_line(steps[cursor], width)
+        return dice_line(None, width, survivors=self.frontier.survivors if self.frontier is not None else None)
+
+    def _candidate_limit(self, table: CandidatesTable, candidates: list[Candidate], chosen: int | None,
+                         hot_ids: list[int]) -> int:
+        """5 candidates, or as many as fit with the chosen and hot ones that rank lower (x)."""
+        if not self.expanded:
+            return 5
+        fits = table.fits()
+        listed = {c.id for c in candidates[:fits]}
+        extras = sum(1 for token_id in {chosen, *hot_ids} if token_id is not None and token_id not in listed
+                     and any(c.id == token_id for c in candidates))
+        return max(1, fits - extras)
 
     # -- actions: running ------------------------------------------------------------------------------
 
@@ -387,7 +483,7 @@ class LabScreen(Screen[None]):
         self.refresh_view()
 
     def action_expand(self) -> None:
-        self.candidate_limit = 20 if self.candidate_limit == 5 else 5
+        self.expanded = not self.expanded
         self.refresh_view()
 
     def action_cycle_colours(self) -> None:
@@ -404,8 +500,7 @@ class LabScreen(Screen[None]):
         cursor = self.effective_cursor()
         if not candidates or cursor is None:
             return
-        rows = self.query_one(CandidatesTable).rows_for(candidates, chosen, self.candidate_limit,
-                                                        self.hot[0] if self.hot else None)
+        rows = self.query_one(CandidatesTable).rows_for(candidates, chosen, self.candidate_limit, self.hot_ids())
         candidate = rows[min(self.selected_candidate, len(rows) - 1)]
         del self.steps[cursor:]
         self.frontier = None
@@ -429,7 +524,7 @@ class LabScreen(Screen[None]):
             self.cursor = None
             self.refresh_view()
 
-        self.app.push_screen(HistoryScreen(records), view)
+        self.app.push_screen(HistoryScreen(records, self.token_names), view)
 
     def action_tree(self) -> None:
         if self.branch_tree is None or not self.branch_tree.segments:
@@ -453,16 +548,14 @@ class LabScreen(Screen[None]):
             if not text.strip():
                 self.notify("the text is empty: nothing to score", severity="error")
                 return
-            line = text.strip()
-            if "\n" not in line and len(line) < 1024:
+            try:
+                candidate = existing_file(text, self.controller.settings.files_dir)
+            except OutsideDirectoryError as exc:
+                self.notify(str(exc), severity="error", markup=False)
+                return
+            if candidate is not None:
                 try:
-                    candidate = confined_path(line, self.controller.settings.files_dir)
-                except OutsideDirectoryError as exc:
-                    self.notify(str(exc), severity="error", markup=False)
-                    return
-            if "\n" not in line and len(line) < 1024 and candidate.is_file():
-                try:
-                    text = candidate.read_text(encoding="utf-8")
+                    text = file_text(candidate.read_text(encoding="utf-8"))
                 except (OSError, UnicodeDecodeError) as exc:
                     self.notify(f"cannot read {candidate}: {exc}", severity="error", markup=False)
                     return
@@ -489,10 +582,11 @@ class LabScreen(Screen[None]):
                 return
         self.params = params
         self.controller.send("set_params", params)
+        self._sync_hot()
         self.refresh_view()
 
     def action_select_knob(self, delta: int) -> None:
-        self.selected_knob = (self.selected_knob + delta) % (len(KNOBS) + 1)
+        self.selected_knob = (self.selected_knob + delta) % self._knob_rows()
         self.refresh_view()
 
     def action_knob(self, name: str) -> None:
@@ -500,37 +594,56 @@ class LabScreen(Screen[None]):
         self.refresh_view()
 
     def action_turn(self, steps: int, coarse: bool = False) -> None:
-        if self.selected_knob == len(KNOBS):
-            if self.hot is None:
+        if self.selected_knob >= len(KNOBS):
+            hot = self.hot
+            if hot is None:
                 self.notify("no hot token yet: press h and type one", severity="warning")
                 return
-            bias = self.params.logit_bias.get(self.hot[0], 0.0) + steps * (HOT_COARSE if coarse else HOT_FINE)
-            self._set_params(with_bias(self.params, self.hot[0], round(bias, 3)))
+            old = self.params.logit_bias.get(hot[0], 0.0)
+            if old == float("-inf"):
+                old = -HOT_COARSE * 5  # a banned token comes back as a strong suppression
+            bias = old + steps * (HOT_COARSE if coarse else HOT_FINE)
+            if hot[0] not in self.picked_hot:
+                self.picked_hot.append(hot[0])  # keep its row when the bias passes through 0
+            self._set_params(with_bias(self.params, hot[0], round(bias, 3)))
             return
         self._set_params(lambda: nudge(self.params, KNOBS[self.selected_knob].name, steps, coarse=coarse))
 
     def action_reset_knob(self) -> None:
-        if self.selected_knob == len(KNOBS):
-            if self.hot is not None:
-                self._set_params(with_bias(self.params, self.hot[0], 0.0))
+        if self.selected_knob >= len(KNOBS):
+            hot = self.hot
+            if hot is not None:  # 0 clears a hot token: its bias and its row
+                if hot[0] in self.picked_hot:
+                    self.picked_hot.remove(hot[0])
+                self._set_params(with_bias(self.params, hot[0], 0.0))
             return
         self._set_params(lambda: reset_knob(self.params, KNOBS[self.selected_knob].name))
 
+    def _selected_stage(self) -> str | None:
+        """The stage of the selected knob, or None (with a note) when it has no stage of its own."""
+        if self.selected_knob >= len(KNOBS):
+            self.notify("a hot token is a logit bias: it always runs first (0 clears it)", severity="warning")
+            return None
+        knob = KNOBS[self.selected_knob]
+        if not knob.stage:
+            stages = ", ".join(knob.stages)
+            self.notify(f"{knob.label} is not a stage of its own: it applies to {stages}", severity="warning")
+            return None
+        return knob.stage
+
     def action_toggle_stage(self) -> None:
-        if self.selected_knob == len(KNOBS):
-            return
-        self._set_params(lambda: toggle_stage(self.params, KNOBS[self.selected_knob].stage))
+        stage = self._selected_stage()
+        if stage is not None:
+            self._set_params(lambda: toggle_stage(self.params, stage))
 
     def action_move_stage(self, delta: int) -> None:
-        if self.selected_knob == len(KNOBS):
+        stage = self._selected_stage()
+        if stage is None:
             return
-        stage = KNOBS[self.selected_knob].stage
         if stage not in self.params.samplers:
             self.notify(f"{stage} is switched off (o switches it on)", severity="warning")
             return
-        self._set_params(move_stage(self.params, stage, delta))
-        order = " › ".join(self.params.samplers)
-        self.notify(f"order: {order}", timeout=4)
+        self._set_params(move_stage(self.params, stage, delta))  # the knob panel's first line shows the order
 
     def action_save_session(self) -> None:
         def picked(path: str | None) -> None:

@@ -20,6 +20,9 @@ from tokenlab.render import COLOUR_MODES, step_colour, watermark_colour
 
 NEWLINE_MARK = "↵"
 FRONTIER_MARK = "▍"
+PROMPT_LINES = 6
+"""Lines of the prompt shown above the text at most (a longer prompt ends in an ellipsis)."""
+PROMPT_STYLE = Style(dim=True, italic=True)
 VIRTUAL_HEADROOM = 16
 """Blank lines of scroll room kept below the text, so the virtual size changes every 16 lines only."""
 
@@ -65,6 +68,9 @@ class TokenView(ScrollView, can_focus=True):
         """Rendered lines, reused while the line's segment list is the same object."""
         self._watermark: tuple[tuple[bool | None, bool], ...] | None = None
         """Per step (green, counted) of a watermark test, for the "watermark" colour mode."""
+        self._prompt = ""
+        self._prompt_lines: list[list[Segment]] = []
+        """The prompt, dimmed, above the text (its own lines: the text's layout never depends on it)."""
 
     def validate_colour_mode(self, mode: str) -> str:
         if mode == "watermark" and self._watermark is not None:
@@ -96,9 +102,34 @@ class TokenView(ScrollView, can_focus=True):
         self._layout_key = key
         self._relayout(full=not appended)
 
+    def show_prompt(self, prompt: str) -> None:
+        """Show `prompt` (dimmed) above the generated text."""
+        if prompt != self._prompt:
+            self._prompt = prompt
+            self._relayout(full=True)
+
     def plain_text(self) -> str:
-        """What the view shows, as plain text (for tests and the smoke script)."""
+        """The generated text as the view lays it out, as plain text (for tests and the smoke script)."""
         return "\n".join("".join(segment.text for segment in line) for line in self._lines)
+
+    def prompt_text(self) -> str:
+        """The prompt lines above the text, as plain text."""
+        return "\n".join("".join(segment.text for segment in line) for line in self._prompt_lines)
+
+    def _layout_prompt(self, width: int) -> None:
+        lines: list[list[Segment]] = []
+        for paragraph in self._prompt.strip("\n").split("\n"):
+            paragraph = paragraph.replace("\t", " ")
+            while True:
+                lines.append([Segment(paragraph[:width], PROMPT_STYLE)])
+                paragraph = paragraph[width:]
+                if not paragraph:
+                    break
+        if len(lines) > PROMPT_LINES:
+            lines = lines[:PROMPT_LINES]
+            last = lines[-1][0].text
+            lines[-1] = [Segment(last[: max(0, width - 1)] + "…", PROMPT_STYLE)]
+        self._prompt_lines = lines if self._prompt.strip() else []
 
     # -- layout ----------------------------------------------------------------------------------------
 
@@ -136,6 +167,7 @@ class TokenView(ScrollView, can_focus=True):
             self._lines = [[]]
             self._start_line = []
             self._end_line = []
+            self._layout_prompt(self._content_width())
         width = self._content_width()
         used = 0
         mode = self.colour_mode
@@ -173,7 +205,7 @@ class TokenView(ScrollView, can_focus=True):
         self._laid_out = len(steps)
         self._last_step = steps[-1] if steps else None
         # Growing the virtual size relayouts the whole screen, so grow it in steps, not line by line.
-        lines = len(self._lines)
+        lines = len(self._prompt_lines) + len(self._lines)
         height = self.virtual_size.height
         visible = self.scrollable_content_region.height or 1
         wanted = visible if lines <= visible else lines + VIRTUAL_HEADROOM  # no scroll bar until it is needed
@@ -185,7 +217,8 @@ class TokenView(ScrollView, can_focus=True):
     def follow(self) -> None:
         """Scroll so the newest line is the last one visible."""
         visible = self.scrollable_content_region.height or 1
-        self.scroll_to(y=max(0, len(self._lines) - visible), animate=False, immediate=True)
+        lines = len(self._prompt_lines) + len(self._lines)
+        self.scroll_to(y=max(0, lines - visible), animate=False, immediate=True)
 
     def _last_text_line(self, first_line: int) -> int:
         """The last line at or after `first_line` that holds any text (a trailing newline adds an empty one)."""
@@ -196,8 +229,10 @@ class TokenView(ScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         _, scroll_y = self.scroll_offset
-        line_index = y + scroll_y
         width = self.scrollable_content_region.width
+        line_index = y + scroll_y - len(self._prompt_lines)
+        if line_index < 0:
+            return Strip(self._prompt_lines[line_index]).extend_cell_length(width, self.rich_style).crop(0, width)
         if line_index >= len(self._lines):
             return Strip.blank(width, self.rich_style)
         key = (line_index, width)
