@@ -16,7 +16,7 @@ import numpy as np
 
 from tokenlab.engine import Engine, EngineError
 from tokenlab.lab.step import Candidate, Step
-from tokenlab.sampling import raw_stats
+from tokenlab.sampling import raw_stats, truncated_raw_stats
 
 RANK_BUCKETS: tuple[tuple[int, str], ...] = ((10, "top-10"), (100, "top-100"), (1000, "top-1000"), (2**62, "rest"))
 """GLTR's rank buckets: a token's rank falls in the first bucket whose limit it does not exceed."""
@@ -96,6 +96,11 @@ class ScoreResult:
         """exp(-mean log-probability)."""
         return math.exp(-self.mean_logprob) if self.scored else math.nan
 
+    @property
+    def outside_top_k(self) -> int:
+        """Tokens a server left out of its top K (no probability or rank is known for them)."""
+        return sum(1 for token in self.tokens if token.logprob is None and token.entropy is not None)
+
     def histogram(self) -> dict[str, int]:
         """How many scored tokens fall in each GLTR rank bucket."""
         counts = {label: 0 for _, label in RANK_BUCKETS}
@@ -114,6 +119,7 @@ class ScoreResult:
             "perplexity": self.perplexity,
             "ranks": self.histogram(),
             "windows": self.windows,
+            **({"outside_top_k": self.outside_top_k} if self.outside_top_k else {}),
         }
 
 
@@ -135,22 +141,25 @@ def score_tokens(
     context = list(context or [])
     full = context + list(token_ids)
     n_ctx = engine.n_ctx
-    predictions: dict[int, tuple[float, int, float, tuple[ScoredCandidate, ...]]] = {}
+    predictions: dict[int, tuple[float | None, int | None, float, tuple[ScoredCandidate, ...]]] = {}
 
     def on_row(position: int, logits: np.ndarray, offset: int) -> None:
         target_index = offset + position + 1  # this row predicts the next token of `full`
         if target_index >= len(full) or target_index < len(context) or target_index in predictions:
             return
         target = full[target_index]
-        stats = raw_stats(logits)
+        rest_mass = engine.last_rest_mass
+        stats = raw_stats(logits) if rest_mass is None else truncated_raw_stats(logits, rest_mass)
         top_ids = stats.top_ids(top_n) if top_n else np.empty(0, dtype=np.int64)
+        if rest_mass is not None:
+            top_ids = top_ids[np.isfinite(logits[top_ids])]
         top_probs = stats.probs(top_ids) if top_n else np.empty(0)
-        predictions[target_index] = (
-            stats.logprob(target),
-            stats.rank(target) + 1,
-            stats.entropy_bits,
-            tuple(ScoredCandidate(int(i), engine.token_text(int(i)), float(p)) for i, p in zip(top_ids, top_probs)),
-        )
+        top = tuple(ScoredCandidate(int(i), engine.token_text(int(i)), float(p)) for i, p in zip(top_ids, top_probs))
+        if rest_mass is not None and not np.isfinite(logits[target]):
+            # a server's row names only its top K: this token's probability and rank are unknown
+            predictions[target_index] = (None, None, stats.entropy_bits, top)
+        else:
+            predictions[target_index] = (stats.logprob(target), stats.rank(target) + 1, stats.entropy_bits, top)
         if progress is not None:
             progress(len(predictions), len(full) - max(1, len(context)))
 
@@ -179,8 +188,8 @@ def score_tokens(
             scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id), None, None, None, None, ()))
         else:
             logprob, rank, entropy, top = prediction
-            scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id), math.exp(logprob),
-                                      logprob, rank, entropy, top))
+            scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id),
+                                      math.exp(logprob) if logprob is not None else None, logprob, rank, entropy, top))
     tail = stream.flush()
     if tail and scored:
         last = scored[-1]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams, raw_stats
+from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams, raw_stats, truncated_raw_stats
 
 DEFAULT_TOP_N = 20
 """Candidates kept in a step's record."""
@@ -71,6 +71,8 @@ class Step:
     """True when the token ends generation (EOS, EOT)."""
     sampler_state: Mapping[str, object] | None = None
     """The stateful samplers' state after this token (mirostat's mu), for the next step and for rewinds."""
+    rest_mass: float | None = None
+    """With a remote engine: the probability of the tokens outside the server's top K (None: full vocabulary)."""
 
     def to_json(self) -> dict[str, Any]:
         """The step as the JSON object `tokenlab generate --format jsonl` prints."""
@@ -87,6 +89,7 @@ class Step:
             "forced": self.forced,
             "eog": self.eog,
             **({"sampler_state": dict(self.sampler_state)} if self.sampler_state else {}),
+            **({"rest_mass": self.rest_mass} if self.rest_mass is not None else {}),
             "top": [
                 {"id": c.id, "text": c.text, "prob": c.prob, "final_prob": c.final_prob,
                  "removed_by": c.removed_by}
@@ -113,6 +116,9 @@ class Frontier:
     """Stateful samplers' state before this step (None: the initial state)."""
     step_index: int = 0
     """Generated tokens before this step (temperature schedules count from here)."""
+    rest_mass: float | None = None
+    """For a remote row (a server's top K log-probabilities, -inf elsewhere): the probability of the rest of
+    the vocabulary. Raw probabilities are then the server's own, and the candidates are the K it named."""
     result: PipelineResult = field(init=False)
     rng: np.random.Generator = field(init=False, repr=False)
     _raw: RawStats | None = field(init=False, default=None, repr=False)
@@ -132,8 +138,13 @@ class Frontier:
     def raw(self) -> RawStats:
         """Statistics of the untouched distribution (computed on first use: lean runs never need them)."""
         if self._raw is None:
-            self._raw = raw_stats(self.logits)
+            self._raw = raw_stats(self.logits) if self.rest_mass is None else truncated_raw_stats(self.logits, self.rest_mass)
         return self._raw
+
+    @property
+    def seen(self) -> int | None:
+        """For a remote row: how many candidates the server named (None for a full-vocabulary row)."""
+        return None if self.rest_mass is None else int(np.isfinite(self.logits).sum())
 
     def resample(self, params: SamplerParams) -> PipelineResult:
         """Re-run the pipeline on the retained logits with new params (no model call)."""
@@ -148,8 +159,11 @@ class Frontier:
         return self.result.draw(self.rng)
 
     def top_ids(self, n: int) -> np.ndarray:
-        """Ids of the n most likely tokens by raw logit, most likely first."""
-        return self.raw.top_ids(n).astype(np.int64)
+        """Ids of the n most likely tokens by raw logit, most likely first (for a remote row: among the server's K)."""
+        ids = self.raw.top_ids(n).astype(np.int64)
+        if self.rest_mass is not None:
+            ids = ids[np.isfinite(self.logits[ids])]  # the unseen ids are not candidates, only rest mass
+        return ids
 
     def candidates(self, token_text, n: int = DEFAULT_TOP_N, extra: tuple[int, ...] = ()) -> tuple[Candidate, ...]:  # noqa: ANN001
         """The top-n raw candidates (and any `extra` ids) with raw and final probability and who removed them."""
