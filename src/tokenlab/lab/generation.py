@@ -123,7 +123,7 @@ class Generation:
         return Frontier(logits=logits, history=tuple(context), params=params,
                         pipeline=pipeline, rng_key=(self.seed, index),
                         state=self.steps[index - 1].sampler_state if index else None, step_index=index,
-                        rest_mass=self.engine.last_rest_mass)
+                        rest_mass=getattr(self.engine, "last_rest_mass", None))
 
     def set_params(self, params: SamplerParams) -> PipelineResult | None:
         """Use new knobs from the next token on; returns the frontier re-sampled with them, if any."""

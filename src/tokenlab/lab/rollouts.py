@@ -447,7 +447,7 @@ def run_rollouts(
                        else BatchDecoder(engine, n_seq=decoder_sequences, n_cells=n_cells))
     with decoder_context as decoder:
         prefix_logits = decoder.decode_prefix(context)
-        prefix_rest_mass = engine.last_rest_mass
+        prefix_rest_mass = getattr(engine, "last_rest_mass", None)
         prefix_seconds = time.perf_counter() - started
         # every first draw sees just the context; later ones read one buffer per slot holding the
         # context and then the sequence's tokens (views, no copies per step)

@@ -148,7 +148,7 @@ def score_tokens(
         if target_index >= len(full) or target_index < len(context) or target_index in predictions:
             return
         target = full[target_index]
-        rest_mass = engine.last_rest_mass
+        rest_mass = getattr(engine, "last_rest_mass", None)
         stats = raw_stats(logits) if rest_mass is None else truncated_raw_stats(logits, rest_mass)
         top_ids = stats.top_ids(top_n) if top_n else np.empty(0, dtype=np.int64)
         if rest_mass is not None:
