@@ -142,6 +142,9 @@ class RunOptions:
     ctx_size: int = 2048
     threads: int | None = None
     gpu_layers: int = 0
+    engine: str | None = None
+    logprobs: int = 20
+    engine_timeout: float = 60.0
 
 
 _SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -150,6 +153,9 @@ _SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "ctx_size": (int, typer.Option("--ctx-size", "-c", help="Context size in tokens.", rich_help_panel="Model")),
     "threads": (Optional[int], typer.Option("--threads", "-t", help="CPU threads. Default: all cores.", rich_help_panel="Model")),
     "gpu_layers": (int, typer.Option("--gpu-layers", "-ngl", help="Layers to offload to the GPU (Metal/CUDA builds); -1 for all.", rich_help_panel="Model")),
+    "engine": (Optional[str], typer.Option("--engine", help="URL of an OpenAI-compatible server (llama-server, vLLM, llama_cpp.server) to use instead of a local model, e.g. http://gpu-box:8080; --model then names the server's model. Each step is the server's top --logprobs candidates plus the mass of the rest.", rich_help_panel="Model")),
+    "logprobs": (int, typer.Option("--logprobs", help="With --engine: candidates asked per step (the server's top K; 1..1000).", rich_help_panel="Model")),
+    "engine_timeout": (float, typer.Option("--engine-timeout", help="With --engine: seconds to wait for one answer before retrying (twice) and giving up.", rich_help_panel="Model")),
     "seed": (Optional[int], typer.Option("--seed", "-s", help="Random seed; the same seed, prompt, model and knobs give the same tokens. Default: a random seed (printed).", rich_help_panel="Sampling")),
     "max_tokens": (int, typer.Option("--max-tokens", "-n", help="Stop after this many tokens.", rich_help_panel="Sampling")),
     "temperature": (float, typer.Option("--temperature", "--temp", help="Softmax temperature; 0 = greedy.", rich_help_panel="Sampling")),
@@ -323,7 +329,8 @@ def sampler_params(opts: RunOptions, engine: Any = None) -> Any:
         breakers = opts.dry_sequence_breaker or list(DRY_DEFAULT_BREAKERS)
         changes["dry_sequence_breakers"] = dry_breaker_sequences(
             breakers, lambda text: engine.tokenize(text, add_bos=False, special=False),
-            [engine.piece(i) for i in range(engine.n_vocab)],
+            # a server's vocabulary would take a request per token: its breakers are their own tokenizations
+            None if getattr(engine, "remote", False) else [engine.piece(i) for i in range(engine.n_vocab)],
         )
     return params.replace(**changes) if changes else params
 
@@ -336,15 +343,32 @@ def check_options(opts: RunOptions) -> None:
         raise UserError(f"--top-n must be at least 1, got {opts.top_n}")
     if opts.seed is not None and not 0 <= opts.seed < 2**63:
         raise UserError(f"--seed must be a non-negative integer below 2**63, got {opts.seed}")
+    if opts.engine is not None:
+        remote_options(opts)
     # validate the numeric knobs now, so a bad flag fails fast, before loading a model
     check = RunOptions(**{**opts.__dict__, "logit_bias": [], "ban": []})
     sampler_params(check)
 
 
+def remote_options(opts: RunOptions) -> Any:
+    """RemoteOptions from the --engine flags (checked before anything connects)."""
+    from tokenlab.engine.remote import RemoteOptions
+
+    try:
+        return RemoteOptions(model=opts.model, top_k=opts.logprobs, timeout=opts.engine_timeout, n_ctx=opts.ctx_size)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from None
+
+
 def load_engine(opts: RunOptions) -> Any:
-    """Resolve --model (pulling a catalogue model on first use) and load it."""
+    """Connect to --engine, or resolve --model (pulling a catalogue model on first use) and load it."""
     from tokenlab.engine import Engine, EngineOptions
     from tokenlab.engine.models import resolve_model
+
+    if opts.engine is not None:
+        from tokenlab.engine.remote import RemoteEngine
+
+        return RemoteEngine(opts.engine, remote_options(opts))
 
     try:
         engine_options = EngineOptions(n_ctx=opts.ctx_size, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
@@ -352,6 +376,16 @@ def load_engine(opts: RunOptions) -> Any:
         raise UserError(f"--{exc}") from None
     path = resolve_model(opts.model)
     return Engine(path, engine_options)
+
+
+def distribution_json(engine: Any, rest_mass: float | None = None) -> dict[str, Any]:
+    """For a remote engine, {"distribution": ...} saying the probabilities are a server's top K plus the rest."""
+    if not getattr(engine, "remote", False):
+        return {}
+    note: dict[str, Any] = {"source": "server", "url": engine.url, "top_k": engine.top_k}
+    if rest_mass is not None:
+        note["rest_mass"] = rest_mass
+    return {"distribution": note}
 
 
 def prompt_tokens(engine: Any, prompt: str, opts: RunOptions) -> list[int]:
@@ -431,6 +465,7 @@ def generate(
             "seed": seed,
             "prompt_tokens": len(generation.prompt_tokens),
             "model": engine.name,
+            **distribution_json(engine),
         }
         out.write(json.dumps(summary, ensure_ascii=False) + "\n")
     else:
@@ -439,6 +474,8 @@ def generate(
             f"[dim]{tokens} tokens · {tokens_per_second:.1f} tok/s · stop: {generation.stop_reason} · seed {seed}[/]",
             markup=True,
         )
+        if getattr(engine, "remote", False):
+            err_console.print(f"[dim]{engine.distribution_note}[/]", markup=True, soft_wrap=True)
     out.flush()
 
 
@@ -467,11 +504,13 @@ def inspect_command(
     if stages:
         from tokenlab.lab.stages import stage_view
 
-        view = stage_view(result, frontier.raw, [c.id for c in candidates[:10]], engine.token_text)
+        view = stage_view(result, frontier.raw, [c.id for c in candidates[:10]], engine.token_text,
+                          rest_mass=frontier.rest_mass, seen=frontier.seen)
     if output_format is InspectFormat.json:
         payload = {
             "model": engine.name,
             "prompt_tokens": len(generation.prompt_tokens),
+            **distribution_json(engine, frontier.rest_mass),
             "candidates": [candidate.to_json() for candidate in candidates],
             "entropy": frontier.raw.entropy_bits,
             "final_entropy": final_entropy,
@@ -486,7 +525,11 @@ def inspect_command(
     if view is not None:
         print_stage_view(console, view)
     pipeline = " → ".join(f"{stage['name']} ({stage['kept']:,})" for stage in stage_rows) or "(no stage active)"
-    console.print(f"vocabulary {engine.n_vocab:,} → {pipeline}")
+    if frontier.rest_mass is not None:
+        console.print(f"server top {frontier.seen:,} (rest of the vocabulary: p = {frontier.rest_mass:.4g}, not sampled) → {pipeline}")
+        console.print(engine.distribution_note)
+    else:
+        console.print(f"vocabulary {engine.n_vocab:,} → {pipeline}")
     console.print(
         f"entropy: raw {frontier.raw.entropy_bits:.3f} bits · final {final_entropy:.3f} bits · "
         f"{result.final_ids.shape[0]:,} token{'s' if result.final_ids.shape[0] != 1 else ''} can be drawn"
@@ -522,7 +565,11 @@ def rollouts(
         result = run_rollouts(engine, tokens, params, n=count, length=length, seed=seed, top_n=opts.top_n,
                               progress=progress)
     print_rollouts(result, Console(highlight=False), output_format.value,
-                   extra={"model": engine.name, "seed": seed})
+                   extra={"model": engine.name, "seed": seed, **distribution_json(engine)})
+    if getattr(engine, "remote", False):
+        err_console.print(f"[dim]{engine.distribution_note}; {engine.decode_calls} completion requests "
+                          "(one per sequence and token: a server has no shared batch here)[/]", markup=True,
+                          soft_wrap=True)
 
 
 def forwarded_flags(opts: RunOptions) -> list[str]:
@@ -579,8 +626,9 @@ def serve(
         raise UserError(str(exc)) from None
     from tokenlab.engine.models import resolve_model
 
-    path = resolve_model(opts.model)  # pull it now, with progress, not inside a browser tab
-    opts.model = str(path)
+    if opts.engine is None:
+        path = resolve_model(opts.model)  # pull it now, with progress, not inside a browser tab
+        opts.model = str(path)
     root = files_dir.resolve()
     command = shlex.join([sys.executable, "-m", "tokenlab", "lab", prompt or DEFAULT_LAB_PROMPT,
                           *forwarded_flags(opts), f"--files-dir={root}"])
@@ -656,6 +704,9 @@ def score(
     watermark_key: Annotated[Optional[int], typer.Option("--watermark-key", help="Test the text for the KGW watermark of this key (as generated with --watermark-key).", rich_help_panel="Watermark")] = None,
     watermark_gamma: Annotated[float, typer.Option("--watermark-gamma", help="Green fraction the text was generated with.", rich_help_panel="Watermark")] = _SAMPLER_DEFAULTS.watermark_gamma,
     watermark_scheme: Annotated[str, typer.Option("--watermark-scheme", help="Green-list scheme the text was generated with: lefthash or selfhash.", rich_help_panel="Watermark")] = _SAMPLER_DEFAULTS.watermark_scheme,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="URL of an OpenAI-compatible server to score with instead of a local model (one request per token; a token outside the server's top --logprobs gets no probability).")] = None,
+    logprobs: Annotated[int, typer.Option("--logprobs", help="With --engine: candidates asked per token (1..1000).")] = 20,
+    engine_timeout: Annotated[float, typer.Option("--engine-timeout", help="With --engine: seconds to wait for one answer.")] = 60.0,
 ) -> None:
     """Score an existing text: the probability, rank and entropy the model gives each of its tokens."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -685,7 +736,8 @@ def score(
                 raise UserError(f"{file} is not UTF-8 text") from None
         if not text.strip():
             raise UserError("the text is empty: nothing to score")
-        engine = load_engine(RunOptions(model=model, ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers))
+        engine = load_engine(RunOptions(model=model, ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers,
+                                        engine=engine, logprobs=logprobs, engine_timeout=engine_timeout))
         with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
                       TimeRemainingColumn(), console=err_console, transient=True,
                       disable=not err_console.is_terminal) as progress:
@@ -695,7 +747,7 @@ def score(
         if output_format is OutputFormat.jsonl:
             for index in range(len(result.tokens)):
                 sys.stdout.write(json.dumps(result.token_json(index), ensure_ascii=False) + "\n")
-            sys.stdout.write(json.dumps(result.summary(), ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps({**result.summary(), **distribution_json(engine)}, ensure_ascii=False) + "\n")
             return
         console = Console(highlight=False)
         coloured = Text()
@@ -721,6 +773,10 @@ def score(
         console.print(f"ranks: {ranks}")
         if "watermark" in summary:
             console.print(watermark_line(summary["watermark"]))
+        if getattr(engine, "remote", False):
+            console.print(f"{engine.distribution_note}; {result.outside_top_k} token"
+                          f"{'s' if result.outside_top_k != 1 else ''} fell outside it (no probability, left out "
+                          "of the mean and the ranks)", soft_wrap=True)
 
 
 DEFAULT_LAB_PROMPT = "Write a short story about a lighthouse keeper."
@@ -780,7 +836,7 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
         engine_options = EngineOptions(n_ctx=opts.ctx_size, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
     except ValueError as exc:
         raise UserError(f"--{exc}") from None
-    path = resolve_model(opts.model)
+    path = resolve_model(opts.model) if opts.engine is None else None
     settings = LabSettings(
         prompt=prompt,
         chat=opts.chat,
@@ -810,6 +866,9 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
     def load() -> Engine:
         # runs on the controller thread: the screen is up while the model loads, and every decode of
         # this process happens on that one thread
+        if opts.engine is not None:
+            return load_engine(opts)  # type: ignore[no-any-return]
+        assert path is not None
         return Engine(path, engine_options)
 
     app = TokenLabApp(load, settings)

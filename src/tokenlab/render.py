@@ -190,7 +190,12 @@ def stage_view_tables(view: Any, *, token_width: int = 24) -> tuple[Table, Table
     summary.add_column("kept", justify="right")
     summary.add_column("mass kept", justify="right")
     summary.add_column("cut-off")
-    summary.add_row("", "raw", f"{view.n_vocab:,}", "1.0000", "")
+    if getattr(view, "rest_mass", None) is not None:
+        # a server's row: the stages see its top K only, never the rest of the vocabulary
+        summary.add_row("", f"server top {view.seen}", f"{view.seen:,}", f"{1.0 - view.rest_mass:.4f}",
+                        f"rest of the vocabulary ({view.rest_mass:.4g}) unseen")
+    else:
+        summary.add_row("", "raw", f"{view.n_vocab:,}", "1.0000", "")
     for index, row in enumerate(view.rows, start=1):
         extra = ""
         for key in ("effective_temperature", "mu", "sigma", "fired", "green"):

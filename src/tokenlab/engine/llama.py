@@ -60,6 +60,11 @@ class Engine:
     of the last position.
     """
 
+    remote = False
+    """Whether the rows come from a server's top K (tokenlab.engine.remote) rather than the full vocabulary."""
+    last_rest_mass: float | None = None
+    """Probability outside the last row's tokens: None, since a local row covers the whole vocabulary."""
+
     def __init__(self, model_path: str | Path, options: EngineOptions | None = None) -> None:
         import llama_cpp  # deferred: importing it loads the shared library
 

@@ -666,7 +666,9 @@ class LabController:
         for token_id in self.hot_tokens:
             if token_id not in ids:
                 ids.append(token_id)
-        self.emit(StageViewReady(index, stage_view(frontier.result, frontier.raw, ids, self.engine.token_text)))
+        view = stage_view(frontier.result, frontier.raw, ids, self.engine.token_text,
+                          rest_mass=frontier.rest_mass, seen=frontier.seen)
+        self.emit(StageViewReady(index, view))
 
     def _cmd_rollouts(self, index: int, n: int, length: int) -> None:
         """Sample n continuations of `length` tokens from step `index` in one batch; add them to the tree."""

@@ -119,9 +119,11 @@ class Generation:
         """Step `index` as it stood before its token was drawn: its logits (decoded again for an earlier step;
         the KV cache keeps the prefix), that step's sampler state and random stream, through `params`."""
         context = [*self.prompt_tokens, *(step.id for step in self.steps[:index])]
-        return Frontier(logits=self.engine.evaluate(context), history=tuple(context), params=params,
+        logits = self.engine.evaluate(context)
+        return Frontier(logits=logits, history=tuple(context), params=params,
                         pipeline=pipeline, rng_key=(self.seed, index),
-                        state=self.steps[index - 1].sampler_state if index else None, step_index=index)
+                        state=self.steps[index - 1].sampler_state if index else None, step_index=index,
+                        rest_mass=getattr(self.engine, "last_rest_mass", None))
 
     def set_params(self, params: SamplerParams) -> PipelineResult | None:
         """Use new knobs from the next token on; returns the frontier re-sampled with them, if any."""
@@ -231,6 +233,7 @@ class Generation:
             eog=eog,
             sampler_state=result.next_state(token_id) or None,
             dice=dice,
+            rest_mass=frontier.rest_mass,
         )
         self.steps.append(step)
         self._frontier = None

@@ -28,7 +28,7 @@ import numpy as np
 from tokenlab.engine import Engine, EngineError
 from tokenlab.engine.batch import BatchDecoder, max_parallel_sequences
 from tokenlab.lab.step import DEFAULT_TOP_N
-from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams, raw_stats
+from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams, raw_stats, truncated_raw_stats
 
 CHECK_ALPHA = 1e-3
 """The empirical check fails when its p-value is below this."""
@@ -441,8 +441,13 @@ def run_rollouts(
     first_expected = np.zeros(engine.n_vocab)
     started = time.perf_counter()
     n_cells = len(context) + width * cells_per_sequence
-    with BatchDecoder(engine, n_seq=decoder_sequences, n_cells=n_cells) as decoder:
+    # a remote engine has no batch: its decoder sends one request per sequence and step
+    open_decoder = getattr(engine, "batch_decoder", None)
+    decoder_context = (open_decoder(n_seq=decoder_sequences, n_cells=n_cells) if open_decoder is not None
+                       else BatchDecoder(engine, n_seq=decoder_sequences, n_cells=n_cells))
+    with decoder_context as decoder:
         prefix_logits = decoder.decode_prefix(context)
+        prefix_rest_mass = getattr(engine, "last_rest_mass", None)
         prefix_seconds = time.perf_counter() - started
         # every first draw sees just the context; later ones read one buffer per slot holding the
         # context and then the sequence's tokens (views, no copies per step)
@@ -521,7 +526,7 @@ def run_rollouts(
         params=params,
         rollouts=rollouts,
         groups=_group(engine, rollouts),
-        check=_check(engine, prefix_logits, rollouts, first_expected, top_n),
+        check=_check(engine, prefix_logits, rollouts, first_expected, top_n, prefix_rest_mass),
         cancelled=cancelled,
         tokens=sum(len(r.ids) for r in rollouts),
         seconds=seconds,
@@ -586,6 +591,7 @@ def _check(
     rollouts: Sequence[Rollout],
     expected_by_id: np.ndarray,
     top_n: int,
+    rest_mass: float | None = None,
 ) -> EmpiricalCheck:
     n = len(rollouts)
     observed: dict[int, int] = {}
@@ -600,7 +606,7 @@ def _check(
     order = candidate_ids[np.argsort(-expected_by_id[candidate_ids], kind="stable")]
     shown = [int(t) for t in order[:top_n]]
     shown += sorted(t for t in observed if t not in set(shown))
-    raw = raw_stats(prefix_logits)
+    raw = raw_stats(prefix_logits) if rest_mass is None else truncated_raw_stats(prefix_logits, rest_mass)
     raw_probs = raw.probs(np.asarray(shown, dtype=np.int64)).tolist() if shown else []
     rows = tuple(
         CheckRow(

@@ -16,7 +16,7 @@ import numpy as np
 
 from tokenlab.engine import Engine, EngineError
 from tokenlab.lab.step import Candidate, Step
-from tokenlab.sampling import raw_stats
+from tokenlab.sampling import raw_stats, truncated_raw_stats
 from tokenlab.sampling.watermark import WatermarkDetection, detect_watermark
 
 RANK_BUCKETS: tuple[tuple[int, str], ...] = ((10, "top-10"), (100, "top-100"), (1000, "top-1000"), (2**62, "rest"))
@@ -135,6 +135,11 @@ class ScoreResult:
         excess = sum(t.logprob - t.expected_logprob for t in scored)  # type: ignore[operator]
         return excess / math.sqrt(variance)
 
+    @property
+    def outside_top_k(self) -> int:
+        """Tokens a server left out of its top K (no probability or rank is known for them)."""
+        return sum(1 for token in self.tokens if token.logprob is None and token.entropy is not None)
+
     def histogram(self) -> dict[str, int]:
         """How many scored tokens fall in each GLTR rank bucket."""
         counts = {label: 0 for _, label in RANK_BUCKETS}
@@ -155,6 +160,7 @@ class ScoreResult:
             "ranks": self.histogram(),
             "fast_detectgpt": None if math.isnan(detectgpt) else detectgpt,
             "windows": self.windows,
+            **({"outside_top_k": self.outside_top_k} if self.outside_top_k else {}),
         }
         if self.watermark is not None:
             summary["watermark"] = self.watermark.summary()
@@ -191,23 +197,26 @@ def score_tokens(
     context = list(context or [])
     full = context + list(token_ids)
     n_ctx = engine.n_ctx
-    predictions: dict[int, tuple[float, int, float, tuple[ScoredCandidate, ...], tuple[float, float]]] = {}
+    predictions: dict[int, tuple[float | None, int | None, float, tuple[ScoredCandidate, ...], tuple[float, float]]] = {}
 
     def on_row(position: int, logits: np.ndarray, offset: int) -> None:
         target_index = offset + position + 1  # this row predicts the next token of `full`
         if target_index >= len(full) or target_index < len(context) or target_index in predictions:
             return
         target = full[target_index]
-        stats = raw_stats(logits)
+        rest_mass = getattr(engine, "last_rest_mass", None)
+        stats = raw_stats(logits) if rest_mass is None else truncated_raw_stats(logits, rest_mass)
         top_ids = stats.top_ids(top_n) if top_n else np.empty(0, dtype=np.int64)
+        if rest_mass is not None:
+            top_ids = top_ids[np.isfinite(logits[top_ids])]
         top_probs = stats.probs(top_ids) if top_n else np.empty(0)
-        predictions[target_index] = (
-            stats.logprob(target),
-            stats.rank(target) + 1,
-            stats.entropy_bits,
-            tuple(ScoredCandidate(int(i), engine.token_text(int(i)), float(p)) for i, p in zip(top_ids, top_probs)),
-            stats.logprob_moments(),
-        )
+        top = tuple(ScoredCandidate(int(i), engine.token_text(int(i)), float(p)) for i, p in zip(top_ids, top_probs))
+        if rest_mass is not None and not np.isfinite(logits[target]):
+            # a server's row names only its top K: this token's probability and rank are unknown
+            predictions[target_index] = (None, None, stats.entropy_bits, top, stats.logprob_moments())
+        else:
+            predictions[target_index] = (stats.logprob(target), stats.rank(target) + 1, stats.entropy_bits, top,
+                                         stats.logprob_moments())
         if progress is not None:
             progress(len(predictions), len(full) - max(1, len(context)))
 
@@ -236,8 +245,9 @@ def score_tokens(
             scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id), None, None, None, None, ()))
         else:
             logprob, rank, entropy, top, (mean, variance) = prediction
-            scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id), math.exp(logprob),
-                                      logprob, rank, entropy, top, mean, variance))
+            scored.append(ScoredToken(index, token_id, text, engine.token_text(token_id),
+                                      math.exp(logprob) if logprob is not None else None, logprob, rank, entropy,
+                                      top, mean, variance))
     if not predictions:
         raise EngineError(
             "the text is a single token for this model, and nothing comes before it to predict it from; "

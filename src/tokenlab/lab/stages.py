@@ -42,6 +42,10 @@ class StageView:
     raw_probs: tuple[float, ...]
     n_vocab: int
     rows: tuple[StageRow, ...]
+    rest_mass: float | None = None
+    """For a server's row: the probability of the vocabulary outside its top K, which no stage sees."""
+    seen: int | None = None
+    """For a server's row: how many candidates it named (the K the stages work on)."""
 
     def removed_at(self, column: int) -> str | None:
         """Name of the stage that removed tracked candidate `column`, if any."""
@@ -53,6 +57,7 @@ class StageView:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values (per-stage survivors and probabilities)."""
         return {
+            **({"server_top_k": self.seen, "rest_mass": self.rest_mass} if self.rest_mass is not None else {}),
             "candidates": [{"id": i, "text": t, "prob": p}
                            for i, t, p in zip(self.candidate_ids, self.candidate_texts, self.raw_probs)],
             "stages": [
@@ -82,8 +87,12 @@ def stage_view(
     raw: RawStats,
     candidate_ids: Sequence[int],
     token_text: Callable[[int], str],
+    *,
+    rest_mass: float | None = None,
+    seen: int | None = None,
 ) -> StageView:
-    """Follow `candidate_ids` through every stage that ran for this step."""
+    """Follow `candidate_ids` through every stage that ran for this step (a server's row: its `seen` candidates
+    and the `rest_mass` outside them)."""
     ids = np.asarray(candidate_ids, dtype=np.int64)
     rows = []
     for report in result.stages:
@@ -104,4 +113,6 @@ def stage_view(
         raw_probs=tuple(float(p) for p in raw.probs(ids)),
         n_vocab=result.n_vocab,
         rows=tuple(rows),
+        rest_mass=rest_mass,
+        seen=seen,
     )

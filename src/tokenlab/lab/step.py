@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams, raw_stats
+from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams, raw_stats, truncated_raw_stats
 
 DEFAULT_TOP_N = 20
 """Candidates kept in a step's record."""
@@ -75,6 +75,8 @@ class Step:
     """The draw: (u, mass before the token). The uniform number u in [0, 1) fell in the chosen token's
     slice [before, before + final_prob) of the cumulative final distribution (most likely token first).
     None when the token was forced, when it was the only one left, or for a step not recorded in full."""
+    rest_mass: float | None = None
+    """With a remote engine: the probability of the tokens outside the server's top K (None: full vocabulary)."""
 
     def to_json(self) -> dict[str, Any]:
         """The step as the JSON object `tokenlab generate --format jsonl` prints."""
@@ -92,6 +94,7 @@ class Step:
             "eog": self.eog,
             **({"sampler_state": dict(self.sampler_state)} if self.sampler_state else {}),
             **({"dice": {"u": self.dice[0], "before": self.dice[1]}} if self.dice is not None else {}),
+            **({"rest_mass": self.rest_mass} if self.rest_mass is not None else {}),
             "top": [
                 {"id": c.id, "text": c.text, "prob": c.prob, "final_prob": c.final_prob,
                  "removed_by": c.removed_by}
@@ -130,6 +133,9 @@ class Frontier:
     """Stateful samplers' state before this step (None: the initial state)."""
     step_index: int = 0
     """Generated tokens before this step (temperature schedules count from here)."""
+    rest_mass: float | None = None
+    """For a remote row (a server's top K log-probabilities, -inf elsewhere): the probability of the rest of
+    the vocabulary. Raw probabilities are then the server's own, and the candidates are the K it named."""
     result: PipelineResult = field(init=False)
     rng: np.random.Generator = field(init=False, repr=False)
     drawn_u: float | None = field(init=False, default=None)
@@ -151,8 +157,13 @@ class Frontier:
     def raw(self) -> RawStats:
         """Statistics of the untouched distribution (computed on first use: lean runs never need them)."""
         if self._raw is None:
-            self._raw = raw_stats(self.logits)
+            self._raw = raw_stats(self.logits) if self.rest_mass is None else truncated_raw_stats(self.logits, self.rest_mass)
         return self._raw
+
+    @property
+    def seen(self) -> int | None:
+        """For a remote row: how many candidates the server named (None for a full-vocabulary row)."""
+        return None if self.rest_mass is None else int(np.isfinite(self.logits).sum())
 
     def resample(self, params: SamplerParams) -> PipelineResult:
         """Re-run the pipeline on the retained logits with new params (no model call)."""
@@ -172,8 +183,11 @@ class Frontier:
         return token_id
 
     def top_ids(self, n: int) -> np.ndarray:
-        """Ids of the n most likely tokens by raw logit, most likely first."""
-        return self.raw.top_ids(n).astype(np.int64)
+        """Ids of the n most likely tokens by raw logit, most likely first (for a remote row: among the server's K)."""
+        ids = self.raw.top_ids(n).astype(np.int64)
+        if self.rest_mass is not None:
+            ids = ids[np.isfinite(self.logits[ids])]  # the unseen ids are not candidates, only rest mass
+        return ids
 
     def candidates(self, token_text, n: int = DEFAULT_TOP_N, extra: tuple[int, ...] = ()) -> tuple[Candidate, ...]:  # noqa: ANN001
         """The top-n raw candidates (and any `extra` ids) with raw and final probability and who removed them."""

@@ -61,7 +61,7 @@ from tokenlab.sampling.stages import (
     register_stage,
     scheduled_temperature,
 )
-from tokenlab.sampling.stats import RawStats, raw_stats
+from tokenlab.sampling.stats import RawStats, raw_stats, truncated_raw_stats
 
 __all__ = [
     "BUILTIN_PRESETS",
@@ -92,6 +92,7 @@ __all__ = [
     "order_preset",
     "parse_samplers",
     "raw_stats",
+    "truncated_raw_stats",
     "register_stage",
     "scheduled_temperature",
     "softmax",

@@ -170,3 +170,21 @@ class RawStats:
 def raw_stats(logits: object) -> RawStats:
     """Statistics of softmax(logits) at T = 1: float64 normaliser, entropy in bits."""
     return RawStats(as_row(logits))
+
+
+def truncated_raw_stats(logits: object, rest_mass: float) -> RawStats:
+    """Statistics of a sparse row of log-probabilities (a server's top K, -inf elsewhere) whose unseen
+    tokens hold `rest_mass` in all: probabilities are the row's own, and the entropy counts the rest as
+    one outcome (a lower bound: spread over many tokens it would be higher)."""
+    if not 0.0 <= rest_mass < 1.0:
+        raise ValueError(f"rest_mass must be in [0, 1), got {rest_mass}")
+    stats = RawStats(as_row(logits))
+    if stats.max_logit in (math.inf, -math.inf) or rest_mass == 0.0:
+        return stats
+    kept = 1.0 - rest_mass
+    # the row's own normaliser is log(kept); the true one is log(1) once the rest is counted
+    stats._log_total -= math.log(kept)
+    stats.log_normalizer -= math.log(kept)
+    # H = kept * (H_kept - log2 kept) - rest * log2 rest, with H_kept the entropy renormalised over the row
+    stats.entropy_bits = max(0.0, kept * (stats.entropy_bits - math.log2(kept)) - rest_mass * math.log2(rest_mass))
+    return stats
