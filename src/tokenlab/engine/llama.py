@@ -167,16 +167,17 @@ class Engine:
             raise EngineError(
                 f"{self.name} ships no chat template; run it with --raw to feed the prompt as is"
             )
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from tokenlab.engine.chat import render_chat
 
         bos_id, eos_id = int(self._llama.token_bos()), int(self._llama.token_eos())
-        formatter = Jinja2ChatFormatter(
-            template=self.chat_template,
+        rendered = render_chat(
+            self.chat_template,
+            [{"role": "user", "content": prompt}],
             eos_token=self.token_text(eos_id) if eos_id >= 0 else "",
             bos_token=self.token_text(bos_id) if bos_id >= 0 else "",
+            model_name=self.name,
         )
-        rendered = formatter(messages=[{"role": "user", "content": prompt}])
-        return self.tokenize(rendered.prompt, add_bos=not rendered.added_special)
+        return self.tokenize(rendered, add_bos=False)  # the template writes its own BOS, if any
 
     # -- decoding --------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tokenlab.engine import Engine, EngineError
+from tokenlab.engine.chat import ChatTemplateError
 from tokenlab.lab.generation import Generation
 from tokenlab.lab.step import Candidate, Frontier, Step
 from tokenlab.lab.tree import GenerationTree, Segment, segments
@@ -382,7 +383,10 @@ class LabController:
             self.emit(LabFailed("the prompt is empty; press e to write one"))
             return
         chat = self.engine.has_chat_template if settings.chat is None else settings.chat
-        tokens = self.engine.format_prompt(settings.prompt, chat=chat)
+        try:
+            tokens = self.engine.format_prompt(settings.prompt, chat=chat)
+        except ChatTemplateError as exc:
+            raise ChatTemplateError(f"{exc} (here: press e, then ctrl+t)") from None
         self.generation = Generation(self.engine, tokens, settings.params, seed=seed,
                                      max_tokens=settings.max_tokens, top_n=settings.top_n)
         self._counted = False

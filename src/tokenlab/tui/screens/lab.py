@@ -232,7 +232,10 @@ class LabScreen(Screen[None]):
             self.app.push_screen(ScoreScreen(event.steps, event.summary))
         elif isinstance(event, SessionSaved):
             self.save_path = event.path
-            self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)")
+            if event.path.endswith((".md", ".markdown", ".html", ".htm")):
+                self.notify(f"exported to {event.path} (an export cannot be loaded back; save .json for that)")
+            else:
+                self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)")
         elif isinstance(event, RolloutProgress):
             self.rollout_progress = (event.done, event.total)
         elif isinstance(event, RolloutsReady):
