@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,12 @@ from tokenlab.engine.text import escape_piece
 
 class EngineError(Exception):
     """A user-facing engine failure; str() is one line saying what was wrong and how to fix it."""
+
+
+MAX_CTX = 1 << 20
+"""Largest context accepted (about a million tokens; beyond any model this runs)."""
+MAX_THREADS = 1024
+MAX_GPU_LAYERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -31,14 +39,47 @@ class EngineOptions:
     """Tokens decoded per llama_decode call when evaluating a prompt."""
 
     def __post_init__(self) -> None:
-        if self.n_ctx < 16:
-            raise ValueError(f"ctx_size must be at least 16, got {self.n_ctx}")
-        if self.n_threads is not None and self.n_threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.n_threads}")
-        if self.n_gpu_layers < -1:
-            raise ValueError(f"gpu_layers must be -1 (all) or >= 0, got {self.n_gpu_layers}")
+        # upper bounds too: llama.cpp takes 32-bit ints, and ctypes would silently truncate larger ones
+        if not 16 <= self.n_ctx <= MAX_CTX:
+            raise ValueError(f"ctx_size must be in 16..{MAX_CTX:,}, got {self.n_ctx}")
+        if self.n_threads is not None and not 1 <= self.n_threads <= MAX_THREADS:
+            raise ValueError(f"threads must be in 1..{MAX_THREADS:,}, got {self.n_threads}")
+        if not -1 <= self.n_gpu_layers <= MAX_GPU_LAYERS:
+            raise ValueError(f"gpu_layers must be -1 (all) or in 0..{MAX_GPU_LAYERS:,}, got {self.n_gpu_layers}")
         if self.n_batch < 1:
             raise ValueError(f"n_batch must be at least 1, got {self.n_batch}")
+
+
+_CHAT_PATCH_LOCK = threading.Lock()
+
+
+class _UnusedChatFormatter:
+    """Stands in for llama_cpp's Jinja2ChatFormatter while a model loads (tokenlab renders templates itself)."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def to_chat_handler(self) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _chat_templates_left_alone() -> Iterator[None]:
+    """Keep llama_cpp.Llama() from compiling the GGUF's chat templates while it loads the model.
+
+    It compiles every template in the metadata at load time, so a broken or hostile template would
+    stop the model loading at all, even with --raw; tokenlab renders the template itself, bounded,
+    and only when the prompt is wrapped in it.
+    """
+    from llama_cpp import llama_chat_format
+
+    with _CHAT_PATCH_LOCK:
+        original = llama_chat_format.Jinja2ChatFormatter
+        llama_chat_format.Jinja2ChatFormatter = _UnusedChatFormatter  # type: ignore[assignment,misc]
+        try:
+            yield
+        finally:
+            llama_chat_format.Jinja2ChatFormatter = original  # type: ignore[misc]
 
 
 class Engine:
@@ -58,17 +99,23 @@ class Engine:
             raise EngineError(f"model file not found: {self.model_path}")
         n_threads = self.options.n_threads or os.cpu_count() or 1
         try:
-            self._llama = llama_cpp.Llama(
-                model_path=str(self.model_path),
-                n_ctx=self.options.n_ctx,
-                n_batch=min(self.options.n_batch, self.options.n_ctx),
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                n_gpu_layers=self.options.n_gpu_layers,
-                logits_all=False,
-                verbose=False,
-            )
+            with _chat_templates_left_alone():
+                self._llama = llama_cpp.Llama(
+                    model_path=str(self.model_path),
+                    n_ctx=self.options.n_ctx,
+                    n_batch=min(self.options.n_batch, self.options.n_ctx),
+                    n_threads=n_threads,
+                    n_threads_batch=n_threads,
+                    n_gpu_layers=self.options.n_gpu_layers,
+                    logits_all=False,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError, OSError) as exc:
+            if "context" in str(exc).lower():  # the model loaded; its context did not fit in memory
+                raise EngineError(
+                    f"llama.cpp could not create a context of {self.options.n_ctx:,} tokens for "
+                    f"{self.model_path.name} ({exc}); lower --ctx-size"
+                ) from None
             raise EngineError(
                 f"llama.cpp could not load {self.model_path.name}: {exc} "
                 "(is it a complete GGUF file of a supported architecture?)"

@@ -117,12 +117,52 @@ def save(session: Session, path: str | os.PathLike[str]) -> Path:
     return write_text_atomic(path, dumps(session))
 
 
-def autosave_path() -> Path:
-    """Where the lab autosaves on exit: $TOKENLAB_DATA/autosave.json, else the user data dir."""
+AUTOSAVES_KEPT = 20
+"""Autosaves kept: one per lab session that quit, the oldest dropped first."""
+
+
+def autosave_dir() -> Path:
+    """Where labs autosave on exit: $TOKENLAB_DATA/autosave/, else in the user data dir."""
     import platformdirs
 
     base = os.environ.get("TOKENLAB_DATA") or platformdirs.user_data_dir("tokenlab")
-    return Path(base) / "autosave.json"
+    return Path(base) / "autosave"
+
+
+def new_autosave_slot() -> str:
+    """A slot name of its own for one lab session (several labs, or serve tabs, never share one)."""
+    import time
+
+    return f"{time.time_ns()}-{os.getpid()}"
+
+
+def autosave_path(slot: str | None = None) -> Path:
+    """The autosave file of `slot`; without one, the newest autosave (what `lab --restore` opens)."""
+    if slot is not None:
+        return autosave_dir() / f"{slot}.json"
+    saves = autosaves()
+    return saves[0] if saves else autosave_dir() / "none.json"
+
+
+def autosaves() -> list[Path]:
+    """Every autosave, newest first."""
+    def modified(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    try:
+        found = [path for path in autosave_dir().glob("*.json") if path.is_file()]
+    except OSError:
+        return []
+    return sorted(found, key=lambda path: (modified(path), path.name), reverse=True)
+
+
+def prune_autosaves(keep: int = AUTOSAVES_KEPT) -> None:
+    """Delete all but the `keep` newest autosaves."""
+    for path in autosaves()[keep:]:
+        path.unlink(missing_ok=True)
 
 
 def load(path: str | os.PathLike[str]) -> Session:
