@@ -215,3 +215,18 @@ def test_truncated_model_file_is_refused(model_path: Path, tmp_path: Path) -> No
     with open(model_path, "rb") as source:
         truncated.write_bytes(source.read(model_path.stat().st_size - 1_000_000))
     check(tokenlab(["models", "path", str(truncated)]), Case("truncated", (), "damaged GGUF file"))
+
+
+def test_the_lab_blames_a_broken_template_not_the_model(hostile_models: dict[str, Path]) -> None:
+    from tokenlab.engine import Engine, EngineOptions
+    from tokenlab.lab.controller import EngineReady, LabController, LabFailed, LabSettings
+
+    events: list[object] = []
+    controller = LabController(lambda: Engine(hostile_models["syntax"], EngineOptions(n_ctx=256)),
+                               LabSettings(prompt="Hi", max_tokens=2), emit=events.append)
+    controller.serve(should_stop=lambda: any(isinstance(event, LabFailed) for event in events))
+    failures = [event.message for event in events if isinstance(event, LabFailed)]
+    assert any(isinstance(event, EngineReady) for event in events)
+    assert len(failures) == 1 and "chat template" in failures[0] and "ctrl+t" in failures[0]
+    assert "no model" not in failures[0]
+    controller.engine.close()
