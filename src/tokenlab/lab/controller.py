@@ -140,6 +140,13 @@ class ScoreReady(LabEvent):
 
 
 @dataclass(frozen=True)
+class LabNotice(LabEvent):
+    """Something the user should know that is not a failure; `message` is one line."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class LabFailed(LabEvent):
     """A command failed; `message` is one line for the user. The lab keeps running."""
 
@@ -215,6 +222,10 @@ class SessionSaved(LabEvent):
     """The session was written to `path`."""
 
     path: str
+
+
+LOOP_FULL_RUNS = 50
+"""Runs of one prompt whose steps the tree keeps in full in loop mode; later ones keep the chosen tokens."""
 
 
 class LabController:
@@ -356,7 +367,16 @@ class LabController:
         if generation is None or not generation.steps:
             return
         if count and not self._counted:
-            self.tree.add(generation.steps, stop_reason=generation.stop_reason or "interrupted")
+            steps = generation.steps
+            if self.loop and self.tree.runs >= LOOP_FULL_RUNS:
+                # loop mode runs unattended: past the cap, new branches keep only their chosen tokens
+                if self.tree.runs == LOOP_FULL_RUNS:
+                    self.emit(LabNotice(
+                        f"loop mode keeps every candidate of the first {LOOP_FULL_RUNS} runs; "
+                        "later runs keep only their chosen tokens (memory stays bounded)"
+                    ))
+                steps = [step.slim() for step in steps]
+            self.tree.add(steps, stop_reason=generation.stop_reason or "interrupted")
             self._counted = True
         else:
             self.tree.add(generation.steps, count=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ DEFAULT_TOP_N = 20
 """Candidates kept in a step's record."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a long session holds hundreds of thousands of these
 class Candidate:
     """One token the model weighed at a step."""
 
@@ -41,7 +42,7 @@ class Candidate:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Step:
     """What happened at one position: the token chosen and the candidates it beat."""
 
@@ -71,6 +72,10 @@ class Step:
     """True when the token ends generation (EOS, EOT)."""
     sampler_state: Mapping[str, object] | None = None
     """The stateful samplers' state after this token (mirostat's mu), for the next step and for rewinds."""
+
+    def slim(self) -> Step:
+        """This step with only the chosen token among its candidates (what loop mode keeps past its cap)."""
+        return dataclasses.replace(self, top=tuple(c for c in self.top if c.id == self.id))
 
     def to_json(self) -> dict[str, Any]:
         """The step as the JSON object `tokenlab generate --format jsonl` prints."""

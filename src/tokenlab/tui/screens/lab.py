@@ -24,6 +24,7 @@ from tokenlab.lab.controller import (
     FrontierView,
     LabController,
     LabFailed,
+    LabNotice,
     RunStarted,
     RunStopped,
     StateChanged,
@@ -257,6 +258,8 @@ class LabScreen(Screen[None]):
             self.hot = (event.token_id, event.text)
             self.selected_knob = len(KNOBS)
             self.controller.send("set_hot_tokens", (event.token_id,))
+        elif isinstance(event, LabNotice):
+            self.notify(event.message, timeout=8)
         elif isinstance(event, LabFailed):
             self.rollout_progress = None
             if not self.model_ready and self.model_name == "loading model…":
