@@ -209,11 +209,15 @@ def step_from_json(data: dict[str, Any], where: str = "step") -> Step:
     for number, row in enumerate(rows):
         at = f"{where}.top[{number}]"
         if not isinstance(row, list) or len(row) != 6:
-            raise _FieldError(at, f"expected [id, text, logit, prob, final_prob, removed_by], got {row!r}"[:120])
+            expected = "[id, text, logit, prob, final_prob, removed_by]"
+            raise _FieldError(at, f"expected {expected}, got {_short(row)}")
         named = dict(zip(("id", "text", "logit", "prob", "final_prob", "removed_by"), row))
         top.append(Candidate(
-            _integer(named, "id", low=0, where=at), _checked(named, "text", str, at), _number(named, "logit", at),
-            _probability(named, "prob", at), _probability(named, "final_prob", at),
+            _integer(named, "id", low=0, where=at),
+            _checked(named, "text", str, at),
+            _number(named, "logit", at),
+            _probability(named, "prob", at),
+            _probability(named, "final_prob", at),
             _checked(named, "removed_by", (str, type(None)), at),
         ))
     state = _checked(data, "sampler_state", (dict, type(None)), where) if "sampler_state" in data else None
@@ -255,18 +259,20 @@ def _checked(container: Any, key: str | int, kind: type | tuple[type, ...], wher
         value = container[key]
     except (KeyError, IndexError):
         raise _FieldError(name, "missing") from None
-    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
-        names = ["a number" if kind == (int, float) else _KIND_NAMES.get(k, k.__name__) for k in _kinds(kind)]
-        expected = " or ".join(dict.fromkeys("null" if k is type(None) else name for k, name in zip(_kinds(kind), names)))
-        raise _FieldError(name, f"expected {expected}, got {_short(value)}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise _FieldError(name, f"expected {_expected(kinds)}, got {_short(value)}")
     return value
 
 
-_KIND_NAMES = {str: "text", bool: "true or false", list: "a list", dict: "an object", int: "an integer"}
+_KIND_NAMES = {str: "text", bool: "true or false", list: "a list", dict: "an object", int: "an integer",
+               float: "a number", type(None): "null"}
 
 
-def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kind if isinstance(kind, tuple) else (kind,)
+def _expected(kinds: tuple[type, ...]) -> str:
+    """What a field may hold, in words ("a number" for int or float)."""
+    words = ["a number" if kind is int and float in kinds else _KIND_NAMES[kind] for kind in kinds]
+    return " or ".join(dict.fromkeys(words))
 
 
 def _short(value: Any) -> str:
