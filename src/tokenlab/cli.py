@@ -20,6 +20,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from tokenlab import __version__
@@ -78,7 +79,7 @@ def user_errors() -> Iterator[None]:
         sys.stderr.close()
         raise typer.Exit(0) from None
     except OSError as exc:
-        err_console.print(f"[bold red]error:[/] {describe_os_error(exc)}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}", markup=True, soft_wrap=True)
         silence_stdout()
         raise typer.Exit(1) from None
 
@@ -868,7 +869,7 @@ def _output_failed(exc: OSError) -> int:
     silence_stdout()
     if isinstance(exc, BrokenPipeError):
         return 0  # the reader went away (`| head`): nothing more to say
-    err_console.print(f"[bold red]error:[/] {describe_os_error(exc)}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}", markup=True, soft_wrap=True)
     return 1
 
 
