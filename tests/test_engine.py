@@ -109,3 +109,36 @@ def test_not_a_gguf_is_a_clear_error(tmp_path) -> None:
     missing = tmp_path / "nothing.gguf"
     with pytest.raises(EngineError, match="model file not found"):
         Engine(missing)
+
+
+def test_chat_template_renders_as_llama_cpp_python_does(engine: Engine) -> None:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    eos, bos = engine.token_text(engine.eos_id), engine.token_text(int(engine.llama.token_bos()))
+    theirs = Jinja2ChatFormatter(template=engine.chat_template, eos_token=eos, bos_token=bos)(
+        messages=[{"role": "user", "content": "Hello there"}]
+    )
+    assert engine.format_prompt("Hello there", chat=True) == engine.tokenize(theirs.prompt, add_bos=False)
+
+
+@pytest.mark.parametrize(("template", "reason"), [
+    ("{% if %}", "syntax error on line 1"),
+    ("{{ foo.bar }}", "UndefinedError"),
+    ("{{ ().__class__.__bases__ }}", "SecurityError"),
+    ("{{ 'x' * 2000000000 }}", "too large"),
+    ("{{ 10 ** 100000000 }}", "too large"),
+    ("{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}", "output passed"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "ran longer than"),
+    ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "recursed"),
+    ("{{ raise_exception('only system messages') }}", "it raised: only system messages"),
+])
+def test_hostile_chat_template_is_one_line_naming_it(engine: Engine, monkeypatch: pytest.MonkeyPatch,
+                                                     template: str, reason: str) -> None:
+    from tokenlab.engine.chat import ChatTemplateError
+
+    monkeypatch.setattr(engine, "chat_template", template)
+    with pytest.raises(ChatTemplateError) as info:
+        engine.format_prompt("Hi", chat=True)
+    message = str(info.value)
+    assert "\n" not in message and "chat template" in message and "--raw" in message and reason in message
+    assert engine.format_prompt("Hi", chat=False) == engine.tokenize("Hi")  # the way out works

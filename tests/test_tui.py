@@ -541,6 +541,10 @@ async def test_autosave_on_exit_and_exports_from_the_lab(finished_engine, tmp_pa
             await wait_for(pilot, (tmp_path / name).exists)
         assert "<svg" in (tmp_path / "shot.svg").read_text(encoding="utf-8")
         assert "| # | token |" in (tmp_path / "out.md").read_text(encoding="utf-8")
+        export_notes = [str(n.message) for n in app._notifications if "out.md" in str(n.message)
+                        or "out.html" in str(n.message)]
+        assert len(export_notes) == 2  # an export cannot be loaded: the note must not suggest --load
+        assert all("--load" not in note and "exported to" in note for note in export_notes)
     assert app.controller.stopped.wait(5)
     restored = load(autosave_path())
     assert list(restored.current) == shown and restored.tree.runs == 1

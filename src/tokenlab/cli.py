@@ -20,6 +20,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 
 from tokenlab import __version__
@@ -82,6 +83,28 @@ def user_errors() -> Iterator[None]:
         # the reader went away (e.g. `| head`); nothing more to say
         sys.stderr.close()
         raise typer.Exit(0) from None
+    except OSError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}", markup=True, soft_wrap=True)
+        silence_stdout()
+        raise typer.Exit(1) from None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write (standard output named as such)."""
+    what = str(exc.filename) if exc.filename else "cannot write to standard output"
+    return f"{what}: {exc.strerror or exc}"
+
+
+def silence_stdout() -> None:
+    """Point standard output at /dev/null, so the flush at exit cannot fail again with a traceback."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 # -- shared options -------------------------------------------------------------------------------
@@ -249,9 +272,9 @@ def with_run_options(func: Callable[..., Any] | None = None, *, exclude: tuple[s
 
 def parse_token(engine: Any, spec: str, flag: str) -> int:
     """A token given as #ID or as its exact text."""
-    if spec.startswith("#") and spec[1:].isdigit():
+    if spec.startswith("#") and spec[1:].lstrip("-").isdigit():
         token_id = int(spec[1:])
-        if token_id >= engine.n_vocab:
+        if not 0 <= token_id < engine.n_vocab:
             raise UserError(f"{flag} {spec}: token id is outside the vocabulary (0..{engine.n_vocab - 1})")
         return token_id
     if not spec:
@@ -307,11 +330,20 @@ def base_params(opts: RunOptions) -> Any:
     }
     if opts.samplers is not None:
         order = opts.samplers.strip()
+        if not order.strip(",; "):
+            raise UserError(
+                "--samplers is empty, which would switch every stage off; list stages (e.g. top_k,temperature) "
+                f"or name an order preset: {', '.join(ORDER_PRESETS)}"
+            )
         changes["samplers"] = ORDER_PRESETS[order] if order in ORDER_PRESETS else parse_samplers(order)
     params = base.replace(**changes) if changes else base
     if params.watermark_key is not None and "watermark" not in params.samplers:
         raise UserError("--watermark-key needs the watermark stage, which this --samplers order leaves out: "
                         "add 'watermark' to it (before the first cut, e.g. after 'dry')")
+    if params.mirostat == 2 and "mirostat_v2" not in params.samplers:
+        raise UserError(
+            "--mirostat 2 has no effect: the --samplers list lacks mirostat_v2; add it, or use --samplers mirostat"
+        )
     return params
 
 
@@ -335,12 +367,19 @@ def sampler_params(opts: RunOptions, engine: Any = None) -> Any:
     return params.replace(**changes) if changes else params
 
 
+MAX_TOP_N = 1000
+"""Most candidates a step may record (a table of the whole vocabulary helps nobody)."""
+
+
 def check_options(opts: RunOptions) -> None:
     """Reject out-of-range flags before the model loads (the sampler params validate the rest)."""
     if opts.max_tokens < 1:
         raise UserError(f"--max-tokens must be at least 1, got {opts.max_tokens}")
-    if opts.top_n < 1:
-        raise UserError(f"--top-n must be at least 1, got {opts.top_n}")
+    if not 1 <= opts.top_n <= MAX_TOP_N:
+        raise UserError(f"--top-n must be in 1..{MAX_TOP_N:,}, got {opts.top_n}")
+    if opts.model is not None and not opts.model.strip():
+        raise UserError("--model is empty; give a catalogue name (see tokenlab models list) or a .gguf path")
+    engine_options_from(opts)
     if opts.seed is not None and not 0 <= opts.seed < 2**63:
         raise UserError(f"--seed must be a non-negative integer below 2**63, got {opts.seed}")
     if opts.engine is not None:
@@ -362,7 +401,7 @@ def remote_options(opts: RunOptions) -> Any:
 
 def load_engine(opts: RunOptions) -> Any:
     """Connect to --engine, or resolve --model (pulling a catalogue model on first use) and load it."""
-    from tokenlab.engine import Engine, EngineOptions
+    from tokenlab.engine import Engine
     from tokenlab.engine.models import resolve_model
 
     if opts.engine is not None:
@@ -370,10 +409,7 @@ def load_engine(opts: RunOptions) -> Any:
 
         return RemoteEngine(opts.engine, remote_options(opts))
 
-    try:
-        engine_options = EngineOptions(n_ctx=opts.ctx_size, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
-    except ValueError as exc:
-        raise UserError(f"--{exc}") from None
+    engine_options = engine_options_from(opts)
     path = resolve_model(opts.model)
     return Engine(path, engine_options)
 
@@ -386,6 +422,17 @@ def distribution_json(engine: Any, rest_mass: float | None = None) -> dict[str, 
     if rest_mass is not None:
         note["rest_mass"] = rest_mass
     return {"distribution": note}
+
+
+def engine_options_from(opts: RunOptions) -> Any:
+    """EngineOptions from --ctx-size, --threads and --gpu-layers; UserError naming the flag."""
+    from tokenlab.engine import EngineOptions
+
+    try:
+        return EngineOptions(n_ctx=opts.ctx_size, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
+    except ValueError as exc:
+        name, _, rest = str(exc).partition(" ")
+        raise UserError(f"--{name.replace('_', '-')} {rest}") from None
 
 
 def prompt_tokens(engine: Any, prompt: str, opts: RunOptions) -> list[int]:
@@ -404,8 +451,17 @@ def prompt_tokens(engine: Any, prompt: str, opts: RunOptions) -> list[int]:
 def read_prompt(prompt: str) -> str:
     """The prompt argument, or standard input when it is '-'."""
     if prompt == "-":
-        return sys.stdin.read()
+        return read_stdin()
     return prompt
+
+
+def read_stdin() -> str:
+    """Standard input as UTF-8 text; UserError when it is not UTF-8."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"standard input is not UTF-8 text (byte {exc.start}); convert it, e.g. with iconv") from None
 
 
 def prepare_run(prompt: str, opts: RunOptions, *, example: str) -> tuple[Any, list[int], Any]:
@@ -536,6 +592,10 @@ def inspect_command(
     )
 
 
+MAX_ROLLOUTS = 100_000
+"""Most continuations one rollouts command samples."""
+
+
 @app.command()
 @with_run_options(exclude=("max_tokens",))
 def rollouts(
@@ -555,10 +615,10 @@ def rollouts(
     from tokenlab.commands.rollouts import print_rollouts, progress_bar
     from tokenlab.lab.rollouts import run_rollouts
 
-    if count < 1:
-        raise UserError(f"-n/--count must be at least 1, got {count}")
-    if length < 1:
-        raise UserError(f"--length must be at least 1, got {length}")
+    if not 1 <= count <= MAX_ROLLOUTS:
+        raise UserError(f"-n/--count must be in 1..{MAX_ROLLOUTS:,}, got {count}")
+    if not 1 <= length <= opts.ctx_size:
+        raise UserError(f"--length must be in 1..{opts.ctx_size} (the --ctx-size), got {length}")
     engine, tokens, params = prepare_run(prompt, opts, example="tokenlab rollouts 'The capital of France is' -n 64")
     seed = opts.seed if opts.seed is not None else secrets.randbits(32)
     with progress_bar(err_console) as progress:
@@ -683,11 +743,16 @@ def export(
         text = to_markdown(session) if output_format is ExportFormat.md else to_html(session)
         if output is None or str(output) == "-":
             sys.stdout.write(text)
+            sys.stdout.flush()
             return
+        if output.is_dir():
+            raise UserError(f"--output {output} is a directory; give a file name, e.g. {output / 'session.html'}")
         try:
             written = write_text_atomic(output, text)
         except NotARegularFileError as exc:
             raise UserError(f"-o {exc} (or -o - for standard output)") from None
+        except OSError as exc:
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
         err_console.print(f"wrote {written}", markup=False)
 
 
@@ -716,8 +781,11 @@ def score(
     from tokenlab.render import detectgpt_text, heat_color, prob_heat, watermark_colour, watermark_legend, watermark_line
 
     with user_errors():
-        if top_n < 0:
-            raise UserError(f"--top-n must be >= 0, got {top_n}")
+        if not 0 <= top_n <= MAX_TOP_N:
+            raise UserError(f"--top-n must be in 0..{MAX_TOP_N:,}, got {top_n}")
+        if model is not None and not model.strip():
+            raise UserError("--model is empty; give a catalogue name (see tokenlab models list) or a .gguf path")
+        engine_options_from(RunOptions(ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers))
         watermark = None
         if watermark_key is not None:
             # the same checks as generation's flags, before the model loads
@@ -725,17 +793,21 @@ def score(
                                     watermark_scheme=watermark_scheme)
             watermark = WatermarkTest(watermark_key, checked.watermark_gamma, checked.watermark_scheme)
         if file == "-":
-            text = file_text(sys.stdin.read())
+            text = file_text(read_stdin())
         else:
             path = Path(file)
-            if not path.is_file():
+            if not path.exists():
                 raise UserError(f"file not found: {file}")
+            if path.is_dir():
+                raise UserError(f"{file} is a directory; give a text file to score")
             try:
                 text = file_text(path.read_text(encoding="utf-8"))
             except UnicodeDecodeError:
                 raise UserError(f"{file} is not UTF-8 text") from None
+            except OSError as exc:
+                raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
         if not text.strip():
-            raise UserError("the text is empty: nothing to score")
+            raise UserError(f"{'standard input' if file == '-' else file} is empty: nothing to score")
         engine = load_engine(RunOptions(model=model, ctx_size=ctx_size, threads=threads, gpu_layers=gpu_layers,
                                         engine=engine, logprobs=logprobs, engine_timeout=engine_timeout))
         with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
@@ -801,9 +873,9 @@ def lab(
 
         if load is not None:
             raise UserError("--restore and --load both name a session; give one")
-        load = autosave_path()
+        load = autosave_path()  # the newest of the labs that quit
         if not load.exists():
-            raise UserError(f"there is no autosaved session yet ({load}); it is written when the lab quits")
+            raise UserError(f"there is no autosaved session yet (in {load.parent}); it is written when the lab quits")
     if load is not None:
         from tokenlab.lab.session import SessionError
         from tokenlab.lab.session import load as load_session
@@ -814,15 +886,34 @@ def lab(
             raise UserError(str(exc)) from None
         prompt = session.prompt
         opts.chat = session.chat
-    run_lab(read_prompt(prompt) if prompt is not None else DEFAULT_LAB_PROMPT, opts, paused=paused or session is not None,
+    if prompt == "-":
+        prompt = read_prompt(prompt)
+        keyboard_from_terminal()
+    run_lab(prompt if prompt is not None else DEFAULT_LAB_PROMPT, opts, paused=paused or session is not None,
             session=session, save_path=str(save) if save is not None else (str(load) if load is not None else None),
             files_dir=files_dir)
+
+
+def keyboard_from_terminal() -> None:
+    """After the prompt came on standard input, read the lab's keys from the terminal (/dev/tty) instead."""
+    import os
+
+    try:
+        terminal = os.open("/dev/tty", os.O_RDWR)
+    except OSError:
+        raise UserError(
+            "the lab needs a keyboard, but standard input held the prompt and there is no terminal; "
+            "pass the prompt as an argument"
+        ) from None
+    os.dup2(terminal, 0)
+    os.close(terminal)
+    sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 - stays open for the app
 
 
 def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any = None,
             save_path: str | None = None, files_dir: Path | None = None) -> None:
     """Check the flags, make sure the model file is there (pulling it with progress), then run the TUI."""
-    from tokenlab.engine import Engine, EngineOptions
+    from tokenlab.engine import Engine
     from tokenlab.engine.models import resolve_model
     from tokenlab.lab.controller import LabSettings
     from tokenlab.tui.app import TokenLabApp
@@ -832,10 +923,7 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
         raise UserError("the prompt is empty; give some text, e.g. tokenlab lab 'Once upon a time'")
     if files_dir is not None and not files_dir.is_dir():
         raise UserError(f"--files-dir {files_dir} is not a directory; create it or name another")
-    try:
-        engine_options = EngineOptions(n_ctx=opts.ctx_size, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers)
-    except ValueError as exc:
-        raise UserError(f"--{exc}") from None
+    engine_options = engine_options_from(opts)
     path = resolve_model(opts.model) if opts.engine is None else None
     settings = LabSettings(
         prompt=prompt,
@@ -943,8 +1031,27 @@ _mount_doctor()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a failed write to standard output is one line, not a traceback."""
+    code: int | str | None = 0
+    try:
+        app()
+    except SystemExit as exit_:
+        code = exit_.code
+    except OSError as exc:  # e.g. `tokenlab models list > /dev/full`: rich flushes inside the command
+        code = _output_failed(exc)
+    try:
+        sys.stdout.flush()  # here, not at interpreter exit, where a failure is a traceback and code 120
+    except OSError as exc:
+        code = _output_failed(exc)
+    sys.exit(code)
+
+
+def _output_failed(exc: OSError) -> int:
+    silence_stdout()
+    if isinstance(exc, BrokenPipeError):
+        return 0  # the reader went away (`| head`): nothing more to say
+    err_console.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}", markup=True, soft_wrap=True)
+    return 1
 
 
 if __name__ == "__main__":

@@ -53,7 +53,12 @@ def list_presets(path: Path | str | None = None) -> dict[str, str]:
 def load_preset(name: str, path: Path | str | None = None) -> SamplerParams:
     """The saved preset `name`, else the built-in one, else a PresetError listing the names."""
     file = _resolve(path)
-    saved = _read(file)
+    try:
+        saved = _read(file)
+    except PresetError:
+        if name in BUILTIN_PRESETS:  # a broken file of the user's must not take the built-ins down with it
+            return SamplerParams.from_preset(name)
+        raise
     if name in saved:
         return _params(file, name, saved[name])
     if name in BUILTIN_PRESETS:
@@ -102,13 +107,15 @@ def _read(file: Path) -> dict[str, dict[str, Any]]:
     """The raw preset tables of `file` by name ({} when it does not exist)."""
     fix = "edit it or delete it to start over"
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        data = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # editors on Windows may add a BOM
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise PresetError(f"cannot read presets file {file}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PresetError(f"presets file {file} is not valid TOML ({exc}); {fix}") from None
+    except RecursionError:
+        raise PresetError(f"presets file {file} nests too deeply to read; {fix}") from None
     extra = sorted(set(data) - {"presets"})
     if extra:
         raise PresetError(f"presets file {file}: unknown top-level key {extra[0]!r}; {fix}")

@@ -51,6 +51,8 @@ def _models_report() -> dict[str, Any]:
     from tokenlab.engine import models as catalogue
 
     directory = catalogue.models_dir()
+    # what killed pulls and saves left behind (a pull still running elsewhere holds a lock and stays)
+    swept = [str(path) for path in catalogue.sweep_leftovers(directory)] if directory.is_dir() else []
     entries = []
     for entry in catalogue.CATALOGUE.values():
         path = directory / entry.filename
@@ -67,7 +69,7 @@ def _models_report() -> dict[str, Any]:
     known = {entry.filename for entry in catalogue.CATALOGUE.values()}
     others = sorted(str(path) for path in directory.glob("*.gguf") if path.name not in known) \
         if directory.is_dir() else []
-    return {"directory": str(directory), "catalogue": entries, "other_gguf_files": others}
+    return {"directory": str(directory), "catalogue": entries, "other_gguf_files": others, "swept": swept}
 
 
 def collect(*, check: bool = True) -> dict[str, Any]:
@@ -169,6 +171,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         table.add_row(f"  {row['name']}", state)
     for path in models["other_gguf_files"]:
         table.add_row("  other", escape(path))
+    for path in models["swept"]:
+        table.add_row("  swept", f"removed the leftover {escape(path)}")
     for name, value in report["environment"].items():
         if value is not None:
             table.add_row(name, escape(value))

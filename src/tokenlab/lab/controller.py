@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tokenlab.engine import Engine, EngineError
+from tokenlab.engine.chat import ChatTemplateError
 from tokenlab.lab.generation import Generation
 from tokenlab.lab.step import Candidate, Frontier, Step
 from tokenlab.lab.tree import GenerationTree, Segment, segments
@@ -156,6 +157,13 @@ class ScoreReady(LabEvent):
 
 
 @dataclass(frozen=True)
+class LabNotice(LabEvent):
+    """Something the user should know that is not a failure; `message` is one line."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class LabFailed(LabEvent):
     """A command failed; `message` is one line for the user. The lab keeps running."""
 
@@ -233,6 +241,10 @@ class SessionSaved(LabEvent):
     """The session was written to `path`."""
 
     path: str
+
+
+LOOP_FULL_RUNS = 50
+"""Runs of one prompt whose steps the tree keeps in full in loop mode; later ones keep the chosen tokens."""
 
 
 class LabController:
@@ -374,7 +386,16 @@ class LabController:
         if generation is None or not generation.steps:
             return
         if count and not self._counted:
-            self.tree.add(generation.steps, stop_reason=generation.stop_reason or "interrupted")
+            steps = generation.steps
+            if self.loop and self.tree.runs >= LOOP_FULL_RUNS:
+                # loop mode runs unattended: past the cap, new branches keep only their chosen tokens
+                if self.tree.runs == LOOP_FULL_RUNS:
+                    self.emit(LabNotice(
+                        f"loop mode keeps every candidate of the first {LOOP_FULL_RUNS} runs; "
+                        "later runs keep only their chosen tokens (memory stays bounded)"
+                    ))
+                steps = [step.slim() for step in steps]
+            self.tree.add(steps, stop_reason=generation.stop_reason or "interrupted")
             self._counted = True
         else:
             self.tree.add(generation.steps, count=False)
@@ -401,7 +422,10 @@ class LabController:
             self.emit(LabFailed("the prompt is empty; press e to write one"))
             return
         chat = self.engine.has_chat_template if settings.chat is None else settings.chat
-        tokens = self.engine.format_prompt(settings.prompt, chat=chat)
+        try:
+            tokens = self.engine.format_prompt(settings.prompt, chat=chat)
+        except ChatTemplateError as exc:
+            raise ChatTemplateError(f"{exc} (here: press e, then ctrl+t)") from None
         self.generation = Generation(self.engine, tokens, settings.params, seed=seed,
                                      max_tokens=settings.max_tokens, top_n=settings.top_n)
         self._counted = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ DEFAULT_TOP_N = 20
 """Candidates kept in a step's record."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a long session holds hundreds of thousands of these
 class Candidate:
     """One token the model weighed at a step."""
 
@@ -41,7 +42,7 @@ class Candidate:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Step:
     """What happened at one position: the token chosen and the candidates it beat."""
 
@@ -77,6 +78,10 @@ class Step:
     None when the token was forced, when it was the only one left, or for a step not recorded in full."""
     rest_mass: float | None = None
     """With a remote engine: the probability of the tokens outside the server's top K (None: full vocabulary)."""
+
+    def slim(self) -> Step:
+        """This step with only the chosen token among its candidates (what loop mode keeps past its cap)."""
+        return dataclasses.replace(self, top=tuple(c for c in self.top if c.id == self.id))
 
     def to_json(self) -> dict[str, Any]:
         """The step as the JSON object `tokenlab generate --format jsonl` prints."""

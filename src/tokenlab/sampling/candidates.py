@@ -274,7 +274,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     if top == -np.inf:
         return np.full(size, 1.0 / size)
     probs = logits.astype(np.float64)  # a copy; faster than a casting subtract
-    probs -= top
+    with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf, whose exp is the right 0
+        probs -= top
     np.exp(probs, out=probs)
     probs /= probs.sum()
     return probs

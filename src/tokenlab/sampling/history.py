@@ -313,7 +313,8 @@ class DRY(Stage):
             sorted(head for head, tails in self._tails.items() if () in tails), dtype=np.int64
         )
         # float32 arithmetic, as llama.cpp decides whether and where to clamp the exponent
-        base32 = np.float32(self.base)
+        with np.errstate(over="ignore"):  # a base beyond float32 becomes inf: no repeat may grow it
+            base32 = np.float32(self.base)
         self._max_exponent = (
             int(_FLOAT_MAX_LOG / np.log(base32)) if base32 > np.float32(1.000001) else 0
         )

@@ -80,7 +80,8 @@ class MirostatV2(Stage):
             # -log2 p = (log Z - logit) / ln 2, so surprise <= mu is a logit threshold; this
             # spares a log over a full row.
             shifted = logits.astype(np.float64)  # a copy
-            shifted -= top
+            with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: a weight of 0
+                shifted -= top
             log_total = top + math.log(float(np.exp(shifted, out=shifted).sum()))
             keep = logits >= np.float64(log_total - mu * math.log(2.0))
         after = candidates.keep_where(keep)

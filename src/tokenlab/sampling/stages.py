@@ -572,7 +572,8 @@ class Temperature(Stage):
         probs = softmax(candidates.logits)
         positive = probs[probs > 0]
         entropy = float(-(positive * np.log(positive)).sum())
-        normalized = entropy / math.log(count)
+        # rounding can put the ratio a hair outside [0, 1]; above 1, a huge exponent would overflow
+        normalized = min(1.0, max(0.0, entropy / math.log(count)))
         low = max(0.0, base - self.dynatemp_range)
         high = base + self.dynatemp_range
         return low + (high - low) * normalized**self.dynatemp_exponent, normalized

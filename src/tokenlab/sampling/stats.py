@@ -68,7 +68,8 @@ class RawStats:
         else:
             shifted, weights = _scratch(self.n_vocab)
             np.copyto(shifted, row)
-            np.subtract(shifted, top, out=shifted)
+            with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: a weight of 0, as it should be
+                np.subtract(shifted, top, out=shifted)
             np.exp(shifted, out=weights)
             total = float(weights.sum())
             with np.errstate(invalid="ignore"):
@@ -111,7 +112,8 @@ class RawStats:
             return shared
         if self.max_logit == -math.inf:
             return np.full(ids.shape[0], 1.0 / self.n_vocab)
-        probs: np.ndarray = np.exp((logits - self.max_logit) - self._log_total)
+        with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: probability 0
+            probs: np.ndarray = np.exp((logits - self.max_logit) - self._log_total)
         return probs
 
     def rank(self, token_id: int) -> int:

@@ -37,6 +37,10 @@ class TokenLabApp(App[None]):
         """Where the full traceback of that error was written (None if it could not be)."""
         self.autosaved: Path | None = None
         """Where the session was autosaved on exit, if it was."""
+        from tokenlab.lab.session import new_autosave_slot
+
+        self.autosave_slot = new_autosave_slot()
+        """This lab's own autosave file (other labs running at the same time have theirs)."""
 
     def on_mount(self) -> None:
         # The controller thread needs the GIL back after every llama.cpp call; with the default 5 ms
@@ -53,7 +57,7 @@ class TokenLabApp(App[None]):
 
     def autosave(self) -> None:
         """Save the session for `tokenlab lab --restore` once the controller thread has let go of it."""
-        from tokenlab.lab.session import autosave_path, save
+        from tokenlab.lab.session import autosave_path, prune_autosaves, save
 
         controller = self.controller
         controller.quit()
@@ -62,7 +66,8 @@ class TokenLabApp(App[None]):
         if not controller.generation.steps and not controller.tree.runs:
             return
         try:
-            self.autosaved = save(controller.session(), autosave_path())
+            self.autosaved = save(controller.session(), autosave_path(self.autosave_slot))
+            prune_autosaves()
         except OSError:
             pass  # never block quitting on a full disk or a read-only home
 

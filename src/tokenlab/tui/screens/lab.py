@@ -27,6 +27,7 @@ from tokenlab.lab.controller import (
     FrontierView,
     LabController,
     LabFailed,
+    LabNotice,
     RunStarted,
     RunStopped,
     StateChanged,
@@ -267,7 +268,11 @@ class LabScreen(Screen[None]):
             files_dir = self.controller.settings.files_dir
             # a served lab takes relative paths only: offer the saved file as one next time
             self.save_path = event.path if files_dir is None else os.path.relpath(event.path, files_dir)
-            self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)", markup=False)
+            if event.path.endswith((".md", ".markdown", ".html", ".htm")):
+                self.notify(f"exported to {event.path} (an export cannot be loaded back; save .json for that)",
+                            markup=False)
+            else:
+                self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)", markup=False)
         elif isinstance(event, RolloutProgress):
             self.rollout_progress = (event.done, event.total)
         elif isinstance(event, RolloutsReady):
@@ -296,6 +301,8 @@ class LabScreen(Screen[None]):
         elif isinstance(event, RunsLoaded):
             for number, (steps, reason) in enumerate(event.runs[-HISTORY_SIZE:], start=1):
                 self.history.append(RunRecord(number, None, None, steps, reason))
+        elif isinstance(event, LabNotice):
+            self.notify(event.message, timeout=8)
         elif isinstance(event, LabFailed):
             self.rollout_progress = None
             if not self.model_ready and self.model_name == "loading model…":
