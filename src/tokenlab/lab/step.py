@@ -149,6 +149,14 @@ class Frontier:
 
     def top_ids(self, n: int) -> np.ndarray:
         """Ids of the n most likely tokens by raw logit, most likely first."""
+        stages = self.result.stages
+        if stages and stages[0].name == "top_k":
+            # top-k ran first, on this very row: its survivors are the raw ranking (same tie rule)
+            report = stages[0]
+            before = report.input_candidates
+            kept = report.kept_ids
+            if before.is_dense and before.logits is self.logits and kept is not None and kept.shape[0] >= n:
+                return kept[:n]
         return self.raw.top_ids(n).astype(np.int64)
 
     def candidates(self, token_text, n: int = DEFAULT_TOP_N, extra: tuple[int, ...] = ()) -> tuple[Candidate, ...]:  # noqa: ANN001

@@ -302,8 +302,9 @@ class PipelineResult:
         token_id = self._check_id(token_id)
         if self.final.ids is None:
             return float(self._dense_final[token_id])
-        found, positions = locate(self.final.ids, np.array([token_id], dtype=np.int64))
-        return float(self.final_probs[positions[0]]) if found[0] else 0.0
+        # the survivors are few: one comparison beats sorting them to search
+        hits = np.flatnonzero(self.final.ids == token_id)
+        return float(self.final_probs[hits[0]]) if hits.shape[0] else 0.0
 
     def probs_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Final probabilities of several ids at once (0.0 where removed)."""

@@ -67,8 +67,7 @@ class RawStats:
             self.entropy_bits = math.log2(self.n_vocab)
         else:
             shifted, weights = _scratch(self.n_vocab)
-            np.copyto(shifted, row)
-            np.subtract(shifted, top, out=shifted)
+            np.subtract(row, top, out=shifted, dtype=np.float64)  # cast and shift in one pass
             np.exp(shifted, out=weights)
             total = float(weights.sum())
             with np.errstate(invalid="ignore"):
