@@ -508,6 +508,67 @@ def bench_rollouts(model: str | None, reps: int, threads: int | None, length: in
     engine.close()
 
 
+def bench_load(model: str | None, tokens: int, reps: int) -> None:
+    """tokens/s of `tokenlab generate` per thread count and OpenMP wait setting, alone and beside a twin.
+
+    OpenMP workers busy-wait for the next parallel region; when two processes want the same cores that
+    spinning starves the other. Every cell runs the CLI in fresh processes with the environment given
+    (the user's own settings are cleared first); "pair" starts two identical runs at once and reports
+    the mean of their rates.
+    """
+    import os
+    import re
+    import subprocess
+    import sys
+
+    cores = os.cpu_count() or 1
+    from tokenlab.engine.llama import OPENMP_DEFAULTS
+
+    ours = " ".join(f"{name}={value}" for name, value in OPENMP_DEFAULTS.items())
+    waits: dict[str, dict[str, str]] = {
+        "GOMP_SPINCOUNT=300000 (libgomp's own)": {"GOMP_SPINCOUNT": "300000"},
+        "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
+        "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+        "GOMP_SPINCOUNT=1000": {"GOMP_SPINCOUNT": "1000"},
+        f"tokenlab's default ({ours})": {},
+    }
+    thread_counts = sorted({1, cores})
+
+    def start(env_extra: dict[str, str], threads: int, seed: int) -> subprocess.Popen[str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        env.update(env_extra)
+        command = [sys.executable, "-m", "tokenlab", "generate", PROMPT, "-n", str(tokens), "--seed", str(seed),
+                   "-t", str(threads), "--raw"]
+        if model:
+            command += ["--model", model]
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def rate(process: subprocess.Popen[str]) -> float:
+        _, err = process.communicate(timeout=600)
+        found = re.search(r"([0-9.]+) tok/s", err)
+        if process.returncode != 0 or found is None:
+            raise SystemExit(f"tokenlab generate failed: {err.strip()[-300:]}")
+        return float(found.group(1))
+
+    cells: dict[tuple[str, int, str], list[float]] = {}
+    for rep in range(reps):
+        for label, env_extra in waits.items():
+            for threads in thread_counts:
+                alone = rate(start(env_extra, threads, rep))
+                pair = [start(env_extra, threads, rep), start(env_extra, threads, rep + 100)]
+                together = statistics.mean(rate(p) for p in pair)
+                cells.setdefault((label, threads, "alone"), []).append(alone)
+                cells.setdefault((label, threads, "pair"), []).append(together)
+                print(f"  rep {rep}: {label}, -t {threads}: alone {alone:.1f}, pair {together:.1f} tok/s", flush=True)
+    print(f"\n== under load: tokenlab generate, {tokens} tokens, {cores} cores, {reps} interleaved reps "
+          "(median tok/s; pair = each of two runs at once)")
+    print(f"  {'OpenMP waiting':36s} " + " ".join(f"{f'-t {t} alone':>11s} {f'-t {t} pair':>10s}" for t in thread_counts))
+    for label in waits:
+        row = " ".join(f"{statistics.median(cells[(label, t, 'alone')]):11.1f} "
+                       f"{statistics.median(cells[(label, t, 'pair')]):10.1f}" for t in thread_counts)
+        print(f"  {label:36s} {row}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="catalogue name or .gguf path (default: smollm2-135m)")
@@ -516,7 +577,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--vocab", type=int, default=262_144, help="row length for the pipeline benchmark")
     parser.add_argument("--iterations", type=int, default=300, help="pipeline iterations")
-    parser.add_argument("--only", choices=["generate", "overhead", "pipeline", "tui", "rollouts"], default=None,
+    parser.add_argument("--only", choices=["generate", "overhead", "pipeline", "tui", "rollouts", "load"],
+                        default=None,
                         help="run one benchmark")
     parser.add_argument("--child", choices=["plain", "tui", "quit"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -535,6 +597,8 @@ def main() -> None:
         bench_tui(args.model, args.tokens, args.reps, args.threads)
     if args.only in (None, "rollouts"):
         bench_rollouts(args.model, args.reps, args.threads)
+    if args.only in (None, "load"):
+        bench_load(args.model, args.tokens, max(1, args.reps // 2))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,28 @@ import numpy as np
 from tokenlab.engine.text import escape_piece
 
 
+OPENMP_DEFAULTS: dict[str, str] = {"GOMP_SPINCOUNT": "10000"}
+"""How long llama.cpp's OpenMP workers spin before they sleep, unless the user says otherwise.
+
+libgomp's own default spins for about 300,000 iterations; when another process wants the same cores
+that spinning starves it and both collapse (see the README's benchmark section for the measurements).
+"""
+
+
+def use_openmp_defaults() -> None:
+    """Set OPENMP_DEFAULTS in the environment where the user set no OpenMP wait setting of their own.
+
+    It must run before llama_cpp is imported: libgomp reads its settings once, when it is loaded.
+    """
+    if any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        return
+    for name, value in OPENMP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+use_openmp_defaults()
+
+
 class EngineError(Exception):
     """A user-facing engine failure; str() is one line saying what was wrong and how to fix it."""
 

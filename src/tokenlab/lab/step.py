@@ -161,7 +161,7 @@ class Frontier:
 
     def candidates(self, token_text, n: int = DEFAULT_TOP_N, extra: tuple[int, ...] = ()) -> tuple[Candidate, ...]:  # noqa: ANN001
         """The top-n raw candidates (and any `extra` ids) with raw and final probability and who removed them."""
-        ids = [int(i) for i in self.top_ids(n)]
+        ids: list[int] = self.top_ids(n).tolist()
         for token_id in extra:
             if token_id not in ids:
                 ids.append(int(token_id))
