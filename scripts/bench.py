@@ -529,7 +529,7 @@ def bench_load(model: str | None, tokens: int, reps: int) -> None:
         "GOMP_SPINCOUNT=300000 (libgomp's own)": {"GOMP_SPINCOUNT": "300000"},
         "OMP_WAIT_POLICY=ACTIVE": {"OMP_WAIT_POLICY": "ACTIVE"},
         "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
-        "GOMP_SPINCOUNT=1000": {"GOMP_SPINCOUNT": "1000"},
+        "GOMP_SPINCOUNT=10000": {"GOMP_SPINCOUNT": "10000"},
         f"tokenlab's default ({ours})": {},
     }
     thread_counts = sorted({1, cores})

@@ -13,7 +13,7 @@ import numpy as np
 from tokenlab.engine.text import escape_piece
 
 
-OPENMP_DEFAULTS: dict[str, str] = {"GOMP_SPINCOUNT": "10000"}
+OPENMP_DEFAULTS: dict[str, str] = {"GOMP_SPINCOUNT": "1000"}
 """How long llama.cpp's OpenMP workers spin before they sleep, unless the user says otherwise.
 
 libgomp's own default spins for about 300,000 iterations; when another process wants the same cores
