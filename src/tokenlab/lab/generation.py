@@ -16,8 +16,8 @@ STOP_MAX_TOKENS = "max_tokens"
 STOP_CONTEXT_FULL = "context_full"
 
 
-def top_rank(top: Sequence[Candidate], token_id: int, n: int) -> tuple[float, int, float]:
-    """(raw prob, 1-based raw rank, nan) of `token_id` from a step's candidates; rank 0 when not in the top n.
+def top_rank(top: Sequence[Candidate], token_id: int, n: int) -> tuple[float, int]:
+    """(raw prob, 1-based raw rank) of `token_id` from a step's candidates; rank 0 when not in the top n.
 
     The first n candidates are the n highest raw logits in order, so every token with a greater logit
     than a token among them is among them too: its rank is a count over n candidates, not the row.
@@ -25,9 +25,9 @@ def top_rank(top: Sequence[Candidate], token_id: int, n: int) -> tuple[float, in
     for position, candidate in enumerate(top):
         if candidate.id == token_id:
             if position >= n:
-                return candidate.prob, 0, math.nan
+                return candidate.prob, 0
             rank = sum(1 for other in top[:position] if other.logit > candidate.logit)
-            return candidate.prob, rank + 1, math.nan
+            return candidate.prob, rank + 1
     raise ValueError(f"token {token_id} is not among the candidates")
 
 
@@ -227,7 +227,7 @@ class Generation:
         if self.record:
             raw = frontier.raw
             top = frontier.candidates(self.engine.token_text, self.top_n, extra=(token_id,))
-            prob, rank, entropy = top_rank(top, token_id, self.top_n)
+            prob, rank = top_rank(top, token_id, self.top_n)
             if rank == 0:  # the token ranks below the top-N: count over the whole row
                 rank = raw.rank(token_id) + 1
             entropy = raw.entropy_bits
