@@ -23,6 +23,28 @@ def cached_build_info() -> BuildInfo:
     return build_info()
 
 
+OPENMP_DEFAULTS: dict[str, str] = {"GOMP_SPINCOUNT": "1000"}
+"""How long llama.cpp's OpenMP workers spin before they sleep, unless the user says otherwise.
+
+libgomp's own default spins for about 300,000 iterations; when another process wants the same cores
+that spinning starves it and both collapse (see the README's benchmark section for the measurements).
+"""
+
+
+def use_openmp_defaults() -> None:
+    """Set OPENMP_DEFAULTS in the environment where the user set no OpenMP wait setting of their own.
+
+    It must run before llama_cpp is imported: libgomp reads its settings once, when it is loaded.
+    """
+    if any(name in os.environ for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")):
+        return
+    for name, value in OPENMP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+use_openmp_defaults()
+
+
 class EngineError(Exception):
     """A user-facing engine failure; str() is one line saying what was wrong and how to fix it."""
 
@@ -152,6 +174,7 @@ class Engine:
         self.chat_template: str | None = self.metadata.get("tokenizer.chat_template")
         self._pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
+        self._views: dict[int | None, np.ndarray] = {}
         self.tokens: list[int] = []
         """Tokens the KV cache holds, position by position."""
         self.decoded_tokens = 0
@@ -256,7 +279,8 @@ class Engine:
         Only the suffix that differs from the cached tokens is decoded; the shared prefix stays in the
         KV cache. When `tokens` is entirely cached, the last token is decoded again to get its logits.
         """
-        tokens = [int(t) for t in tokens]
+        # compared and copied as lists (in C); only the suffix to decode is converted to ints
+        tokens = tokens if type(tokens) is list else list(tokens)
         if not tokens:
             raise ValueError("cannot evaluate an empty token sequence")
         if len(tokens) > self.n_ctx:
@@ -266,7 +290,7 @@ class Engine:
             )
         cached = self.tokens
         if len(cached) < len(tokens) and cached == tokens[: len(cached)]:
-            shared = len(cached)  # the common case, one more token: compared in C, no Python loop
+            shared = len(cached)  # the common case, one more token
         else:
             shared = 0
             limit = min(len(cached), len(tokens))
@@ -274,8 +298,9 @@ class Engine:
                 shared += 1
         if shared == len(tokens):
             shared -= 1  # the logits of the last position are gone once anything after it was decoded
-        self._decode_from(shared, tokens[shared:])
-        self.tokens = tokens
+        suffix = [int(t) for t in tokens[shared:]]
+        self._decode_from(shared, suffix)
+        self.tokens = cached[:shared] + suffix
         return self.last_logits()
 
     def append(self, token_id: int) -> np.ndarray:
@@ -286,14 +311,23 @@ class Engine:
         self.tokens.append(int(token_id))
         return self.last_logits()
 
-    def _decode_from(self, position: int, suffix: Sequence[int]) -> None:
+    def _decode_from(self, position: int, suffix: list[int]) -> None:
         """Drop the cache from `position` on, then decode `suffix` there (logits for its last token only)."""
-        self._llama.n_tokens = position  # Llama.eval truncates the KV cache to n_tokens first
+        llama = self._llama
+        # llama_decode directly, as Llama.eval does, without its per-call bookkeeping
         try:
-            self._llama.eval(list(suffix))
+            llama._ctx.kv_cache_seq_rm(-1, position, -1)
+            llama.n_tokens = position
+            batch_size = llama.n_batch
+            for start in range(0, len(suffix), batch_size):
+                chunk = suffix[start:start + batch_size]
+                llama._batch.set_batch(batch=chunk, n_past=llama.n_tokens, logits_all=False)
+                llama._ctx.decode(llama._batch)
+                llama.input_ids[llama.n_tokens:llama.n_tokens + len(chunk)] = chunk
+                llama.n_tokens += len(chunk)
         except RuntimeError as exc:
             self.tokens = self.tokens[:position]
-            self._llama.n_tokens = position
+            llama.n_tokens = position
             raise EngineError(f"llama.cpp failed to decode: {exc}") from None
         self.decoded_tokens += len(suffix)
         self.decode_calls += 1
@@ -344,8 +378,21 @@ class Engine:
 
     def last_logits(self) -> np.ndarray:
         """A float32 copy of the logits llama.cpp wrote for the last decoded position."""
-        pointer = self._lib.llama_get_logits_ith(self._llama.ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+        return self.logits_view(-1).copy()
+
+    def logits_view(self, index: int) -> np.ndarray:
+        """A zero-copy float32 view of the logits of output `index`, valid until the next decode."""
+        pointer = self._lib.llama_get_logits_ith(self._llama.ctx, index)
+        address = ctypes.cast(pointer, ctypes.c_void_p).value
+        view = self._views.get(address)
+        if view is None:
+            # building a view from a ctypes pointer costs more than the copy of a small row; llama.cpp
+            # reuses its output buffer, so the same few addresses come back decode after decode
+            if len(self._views) > 64:
+                self._views.clear()
+            view = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+            self._views[address] = view
+        return view
 
     def reset(self) -> None:
         """Forget the cached tokens (the next evaluate decodes everything)."""

@@ -21,6 +21,7 @@ import numpy as np
 from tokenlab.engine import Engine, EngineError
 from tokenlab.engine.chat import ChatTemplateError
 from tokenlab.lab.generation import Generation
+from tokenlab.lab.speed import SpeedWatch
 from tokenlab.lab.step import Candidate, Frontier, Step
 from tokenlab.lab.tree import GenerationTree, Segment, segments
 from tokenlab.sampling import PipelineResult, SamplerParams
@@ -69,6 +70,8 @@ class StepsAdded(LabEvent):
     start: int
     steps: tuple[Step, ...]
     tokens_per_second: float
+    slow: str | None = None
+    """Set while the decoding speed has collapsed: the likely cause and what to do (see SpeedWatch)."""
 
 
 @dataclass(frozen=True)
@@ -256,13 +259,15 @@ class LabController:
         settings: LabSettings | None = None,
         emit: Callable[[LabEvent], None] | None = None,
         *,
-        batch_interval: float = 0.1,
+        batch_interval: float = 0.25,
     ) -> None:
         self._engine_source = engine
         self.engine: Engine | None = engine if isinstance(engine, Engine) or hasattr(engine, "evaluate") else None  # type: ignore[assignment]
         self.settings = settings or LabSettings()
         self.emit = emit or (lambda event: None)
         self.batch_interval = batch_interval
+        """Seconds between two batches of new steps: the screen repaints at this rate, never per token
+        (a repaint costs a few milliseconds of the thread that also decodes, under the same GIL)."""
         self.generation: Generation | None = None
         self.run_id = 0
         self.running = False
@@ -273,6 +278,9 @@ class LabController:
         self._pending: list[Step] = []
         self._pending_start = 0
         self._last_emit = 0.0
+        self._speed: SpeedWatch | None = None
+        self._speed_mark: tuple[int, int, float] = (0, 0, 0.0)
+        """(id of the generation, its step count, its stepping seconds) at the last batch."""
         self._quit = False
         self._counted = False
         """Whether the current run is already counted in the tree."""
@@ -376,9 +384,19 @@ class LabController:
     def _flush(self) -> None:
         if self._pending and self.generation is not None:
             self.emit(StepsAdded(self.run_id, self._pending_start, tuple(self._pending),
-                                 self.generation.tokens_per_second))
+                                 self.generation.tokens_per_second, self._watch_speed(self.generation)))
             self._pending = []
         self._last_emit = time.perf_counter()
+
+    def _watch_speed(self, generation: Generation) -> str | None:
+        """Feed this batch's stepping speed to the SpeedWatch; its hint when the speed collapsed."""
+        if self._speed is None:
+            self._speed = SpeedWatch(getattr(self.engine, "n_threads", 1))
+        mark = (id(generation), len(generation.steps), generation.elapsed)
+        previous, self._speed_mark = self._speed_mark, mark
+        if previous[0] != mark[0] or mark[1] < previous[1] or mark[2] < previous[2]:
+            return self._speed.hint  # a new run or a rewind: no batch to compare
+        return self._speed.update(mark[1] - previous[1], mark[2] - previous[2])
 
     def _record_branch(self, *, count: bool) -> None:
         """Put the current run's text into the tree (once counted, a run is not counted again)."""

@@ -8,12 +8,27 @@ from collections.abc import Iterator, Sequence
 
 
 from tokenlab.engine import Engine, EngineError, Utf8Stream
-from tokenlab.lab.step import DEFAULT_TOP_N, Frontier, Step, mass_before
+from tokenlab.lab.step import DEFAULT_TOP_N, Candidate, Frontier, Step, mass_before
 from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams
 
 STOP_EOS = "eos"
 STOP_MAX_TOKENS = "max_tokens"
 STOP_CONTEXT_FULL = "context_full"
+
+
+def top_rank(top: Sequence[Candidate], token_id: int, n: int) -> tuple[float, int]:
+    """(raw prob, 1-based raw rank) of `token_id` from a step's candidates; rank 0 when not in the top n.
+
+    The first n candidates are the n highest raw logits in order, so every token with a greater logit
+    than a token among them is among them too: its rank is a count over n candidates, not the row.
+    """
+    for position, candidate in enumerate(top):
+        if candidate.id == token_id:
+            if position >= n:
+                return candidate.prob, 0
+            rank = sum(1 for other in top[:position] if other.logit > candidate.logit)
+            return candidate.prob, rank + 1
+    raise ValueError(f"token {token_id} is not among the candidates")
 
 
 class Generation:
@@ -55,6 +70,8 @@ class Generation:
         self.record = record
         """False for lean runs (plain text output): steps then carry no raw statistics or candidates."""
         self.steps: list[Step] = []
+        self._ids: list[int] = []
+        """Token ids of `steps`, kept alongside so a step's context is one list copy, not a Python loop."""
         self.stop_reason: str | None = None
         self._frontier: Frontier | None = None
         self._pipeline: Pipeline | None = None
@@ -71,12 +88,12 @@ class Generation:
     @property
     def generated_ids(self) -> list[int]:
         """Token ids generated so far."""
-        return [step.id for step in self.steps]
+        return list(self._ids)
 
     @property
     def context(self) -> list[int]:
         """Prompt and generated token ids: what the model has seen (or will see next)."""
-        return [*self.prompt_tokens, *self.generated_ids]
+        return [*self.prompt_tokens, *self._ids]
 
     @property
     def text(self) -> str:
@@ -118,9 +135,8 @@ class Generation:
     def frontier_at(self, index: int, params: SamplerParams, pipeline: Pipeline | None = None) -> Frontier:
         """Step `index` as it stood before its token was drawn: its logits (decoded again for an earlier step;
         the KV cache keeps the prefix), that step's sampler state and random stream, through `params`."""
-        context = [*self.prompt_tokens, *(step.id for step in self.steps[:index])]
-        logits = self.engine.evaluate(context)
-        return Frontier(logits=logits, history=tuple(context), params=params,
+        context = [*self.prompt_tokens, *self._ids[:index]]
+        return Frontier(logits=self.engine.evaluate(context), history=tuple(context), params=params,
                         pipeline=pipeline, rng_key=(self.seed, index),
                         state=self.steps[index - 1].sampler_state if index else None, step_index=index,
                         rest_mass=getattr(self.engine, "last_rest_mass", None))
@@ -167,6 +183,7 @@ class Generation:
         if not 0 <= index <= len(self.steps):
             raise IndexError(f"step {index} does not exist (0..{len(self.steps)})")
         del self.steps[index:]
+        del self._ids[index:]
         self.stop_reason = None
         self.finished_at = None
         self._frontier = None
@@ -179,6 +196,7 @@ class Generation:
         if any(step.index != position for position, step in enumerate(steps)):
             raise ValueError("a branch's steps must be numbered 0, 1, 2, ... in order")
         self.steps = list(steps)
+        self._ids = [step.id for step in self.steps]
         self.stop_reason = stop_reason
         self.finished_at = None
         self._frontier = None
@@ -212,8 +230,11 @@ class Generation:
             dice = (frontier.drawn_u, mass_before(result, token_id))
         if self.record:
             raw = frontier.raw
-            prob, rank, entropy = raw.prob(token_id), raw.rank(token_id) + 1, raw.entropy_bits
             top = frontier.candidates(self.engine.token_text, self.top_n, extra=(token_id,))
+            prob, rank = top_rank(top, token_id, self.top_n)
+            if rank == 0:  # the token ranks below the top-N: count over the whole row
+                rank = raw.rank(token_id) + 1
+            entropy = raw.entropy_bits
             final_entropy = max(0.0, result.final_entropy_bits)
         else:
             prob, rank, entropy, top, final_entropy = math.nan, 0, math.nan, (), math.nan
@@ -236,6 +257,7 @@ class Generation:
             rest_mass=frontier.rest_mass,
         )
         self.steps.append(step)
+        self._ids.append(token_id)
         self._frontier = None
         if eog:
             self.stop_reason = STOP_EOS

@@ -189,14 +189,22 @@ class Frontier:
 
     def top_ids(self, n: int) -> np.ndarray:
         """Ids of the n most likely tokens by raw logit, most likely first (for a remote row: among the server's K)."""
-        ids = self.raw.top_ids(n).astype(np.int64)
         if self.rest_mass is not None:
-            ids = ids[np.isfinite(self.logits[ids])]  # the unseen ids are not candidates, only rest mass
-        return ids
+            ids = self.raw.top_ids(n).astype(np.int64)
+            return ids[np.isfinite(self.logits[ids])]  # the unseen ids are not candidates, only rest mass
+        stages = self.result.stages
+        if stages and stages[0].name == "top_k":
+            # top-k ran first, on this very row: its survivors are the raw ranking (same tie rule)
+            report = stages[0]
+            before = report.input_candidates
+            kept = report.kept_ids
+            if before.is_dense and before.logits is self.logits and kept is not None and kept.shape[0] >= n:
+                return kept[:n]
+        return self.raw.top_ids(n).astype(np.int64)
 
     def candidates(self, token_text, n: int = DEFAULT_TOP_N, extra: tuple[int, ...] = ()) -> tuple[Candidate, ...]:  # noqa: ANN001
         """The top-n raw candidates (and any `extra` ids) with raw and final probability and who removed them."""
-        ids = [int(i) for i in self.top_ids(n)]
+        ids: list[int] = self.top_ids(n).tolist()
         for token_id in extra:
             if token_id not in ids:
                 ids.append(int(token_id))

@@ -57,6 +57,9 @@ REMOVED_BY_INPUT = "input"
 # A draw from a dense final distribution first ranks only this many tokens.
 _DRAW_PARTIAL = 256
 
+# Membership in sparse survivors up to this many is tested with a Python set.
+_SET_LOOKUP = 512
+
 
 def _checked_state(state: Mapping[str, object] | None) -> Mapping[str, object]:
     if state is None:
@@ -302,8 +305,9 @@ class PipelineResult:
         token_id = self._check_id(token_id)
         if self.final.ids is None:
             return float(self._dense_final[token_id])
-        found, positions = locate(self.final.ids, np.array([token_id], dtype=np.int64))
-        return float(self.final_probs[positions[0]]) if found[0] else 0.0
+        # the survivors are few: one comparison beats sorting them to search
+        hits = np.flatnonzero(self.final.ids == token_id)
+        return float(self.final_probs[hits[0]]) if hits.shape[0] else 0.0
 
     def probs_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Final probabilities of several ids at once (0.0 where removed)."""
@@ -323,14 +327,24 @@ class PipelineResult:
             return [self.removed_by(int(token_id)) for token_id in ids]
         answers: list[str | None] = [None] * ids.shape[0]
         pending = ~self.final.contains_many(ids)
+        if not pending.any():
+            return answers
         raw_dead = ~(self._raw[ids] > -np.inf)
         for index in np.flatnonzero(pending & raw_dead):
             answers[index] = REMOVED_BY_INPUT
         pending &= ~raw_dead
+        wanted = ids.tolist()
         for report in self.stages:
             if not pending.any():
                 break
-            gone = pending & ~report._after.contains_many(ids)
+            after = report._after
+            if after.ids is not None and after.ids.shape[0] <= _SET_LOOKUP:
+                # a few survivors: a set answers faster than sorting them to search
+                alive = set(after.ids.tolist())
+                kept = np.fromiter((token_id in alive for token_id in wanted), dtype=bool, count=len(wanted))
+            else:
+                kept = after.contains_many(ids)
+            gone = pending & ~kept
             for index in np.flatnonzero(gone):
                 answers[index] = report.name
             pending &= ~gone

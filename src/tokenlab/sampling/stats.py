@@ -67,9 +67,8 @@ class RawStats:
             self.entropy_bits = math.log2(self.n_vocab)
         else:
             shifted, weights = _scratch(self.n_vocab)
-            np.copyto(shifted, row)
             with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: a weight of 0, as it should be
-                np.subtract(shifted, top, out=shifted)
+                np.subtract(row, top, out=shifted, dtype=np.float64)  # cast and shift in one pass
             np.exp(shifted, out=weights)
             total = float(weights.sum())
             with np.errstate(invalid="ignore"):

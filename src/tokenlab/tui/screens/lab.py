@@ -176,6 +176,7 @@ class LabScreen(Screen[None]):
         self.picked_hot: list[int] = []
         """Hot tokens picked with h that have no bias yet (they get a row anyway)."""
         self._hot_sent: tuple[int, ...] = ()
+        self.slow: str | None = None  # the controller's hint while the decoding speed has collapsed
         self.history: deque[RunRecord] = deque(maxlen=HISTORY_SIZE)
         self.viewing: RunRecord | None = None
         self.branch_tree: TreeChanged | None = None
@@ -235,6 +236,7 @@ class LabScreen(Screen[None]):
             del self.steps[event.start:]
             self.steps.extend(event.steps)
             self.tokens_per_second = event.tokens_per_second
+            self.slow = event.slow
             if self.frontier is not None and self.frontier.index != len(self.steps):
                 self.frontier = None
         elif isinstance(event, FrontierView):
@@ -252,6 +254,7 @@ class LabScreen(Screen[None]):
             self.cursor = None
             self.stop_reason = None
             self.tokens_per_second = 0.0
+            self.slow = None
             self.chat = event.chat
         elif isinstance(event, RunStopped):
             if event.run_id == self.run_id:
@@ -419,6 +422,7 @@ class LabScreen(Screen[None]):
             tokens_per_second=self.tokens_per_second, stop_reason=self.stop_reason, seed=self.seed,
             loop=self.loop, viewing=f"run #{self.viewing.run_id}" if self.viewing else None,
             branches=self.branch_tree.branches if self.branch_tree is not None else 0,
+            slow=self.slow if self.running else None,
         )
         if self.cursor is None:
             token_view.follow()

@@ -326,10 +326,10 @@ class StatusLine(Panel):
 
     def show(self, *, state: str, model: str, tokens: int, max_tokens: int, tokens_per_second: float,
              stop_reason: str | None, seed: int, loop: bool, viewing: str | None = None,
-             branches: int = 0) -> None:
+             branches: int = 0, slow: str | None = None) -> None:
         """Render the status line."""
         if self.unchanged((state, model, tokens, max_tokens, round(tokens_per_second, 1), stop_reason, seed, loop,
-                           viewing, branches)):
+                           viewing, branches, slow)):
             return
         text = Text()
         colour = {"running": "green", "paused": "yellow"}.get(state, "red")
@@ -345,4 +345,6 @@ class StatusLine(Panel):
             text.append(f" · {branches} branches")
         if loop:
             text.append(" · loop", style="bold cyan")
+        if slow:
+            text.append(f" · {slow}", style="bold yellow")
         self.show_content(text)
