@@ -175,7 +175,13 @@ def test_prefix_is_decoded_once_and_the_engine_cache_is_untouched(engine: Engine
 
 def sequential_rollout(engine: Engine, context: list[int], params: SamplerParams, seed: int, index: int,
                        length: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """One rollout the plain way: one-token decodes on the Engine, the same per-step seeds."""
+    """One rollout the plain way: one-token decodes on the Engine, the same per-step seeds.
+
+    The context is decoded afresh as one batch, as rollouts decode their shared prefix: on some CPUs
+    llama.cpp's kernels for a many-token batch and a one-token decode round differently, so the row of
+    the context's last position must come from the same kind of decode on both sides.
+    """
+    engine.reset()
     pipeline = Pipeline(params)
     ids: list[int] = []
     probs: list[float] = []

@@ -366,7 +366,8 @@ def test_forwarded_flags_round_trip_through_the_lab_command(monkeypatch) -> None
         temperature_steps=10, temperature_curve="exponential", epsilon_cutoff=0.01, eta_cutoff=0.02, top_a=0.1,
         no_repeat_ngram_size=3, scaled_frequency=1.2, scaled_presence=1.3, logit_bias=[" Paris=-2", "#5=1"],
         ban=["#7"], samplers="top_k,temperature", preset="creative", top_n=7, ctx_size=512, threads=1,
-        gpu_layers=-1,
+        gpu_layers=-1, watermark_key=5, watermark_gamma=0.3, watermark_delta=1.5, watermark_scheme="selfhash",
+        engine="http://127.0.0.1:9", logprobs=50, engine_timeout=5.0,
     )
     assert all(getattr(changed, name) != getattr(RunOptions(), name) for name in RunOptions.__dataclass_fields__), \
         "the test must change every shared flag"

@@ -63,16 +63,15 @@ class InspectFormat(str, Enum):
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line on stderr and exit code 2 (130 on Ctrl-C)."""
+    from rich.markup import escape
+
     from tokenlab.engine import EngineError
     from tokenlab.engine.models import ModelError
+    from tokenlab.engine.text import terminal_safe
 
     try:
         yield
     except (UserError, EngineError, ModelError, ValueError) as exc:
-        from rich.markup import escape
-
-        from tokenlab.engine.text import terminal_safe
-
         # the message may quote a file name, a token or model metadata: never markup, never terminal commands
         err_console.print(f"[bold red]error:[/] {escape(terminal_safe(str(exc)))}", markup=True, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
@@ -84,7 +83,8 @@ def user_errors() -> Iterator[None]:
         sys.stderr.close()
         raise typer.Exit(0) from None
     except OSError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(terminal_safe(describe_os_error(exc)))}", markup=True,
+                          soft_wrap=True)
         silence_stdout()
         raise typer.Exit(1) from None
 
@@ -746,7 +746,7 @@ def export(
             sys.stdout.flush()
             return
         if output.is_dir():
-            raise UserError(f"--output {output} is a directory; give a file name, e.g. {output / 'session.html'}")
+            raise UserError(f"--output {output} is a directory, not a regular file; give a file name, e.g. {output / 'session.html'}")
         try:
             written = write_text_atomic(output, text)
         except NotARegularFileError as exc:

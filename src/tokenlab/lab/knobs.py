@@ -143,8 +143,9 @@ KNOBS: tuple[KnobSpec, ...] = (
              help="frequency penalty as a temperature; 1 = off"),
     KnobSpec("scaled_presence", "scaled pres.", "scaled_penalties", 0.05, 0.25, origin="tokenlab",
              help="presence penalty as a temperature; 1 = off"),
-    KnobSpec("watermark_key", "watermark key", "watermark", 1, 100, optional=True, origin="tokenlab",
-             bounds=FieldRange(low=0, high=2**63 - 1, integer=True, optional=True),
+    # the lab turns keys 0..999,999 (the command line takes any key below 2**63)
+    KnobSpec("watermark_key", "watermark key", "watermark", 1, 1000, optional=True, origin="tokenlab",
+             bounds=FieldRange(low=0, high=999_999, integer=True, optional=True),
              help="KGW watermark key (score detects it); off = none"),
     KnobSpec("watermark_gamma", "wm. gamma", "watermark", 0.01, 0.05, origin="tokenlab",
              bounds=FieldRange(low=0.0, high=1.0, low_open=True, high_open=True),

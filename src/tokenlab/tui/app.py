@@ -103,14 +103,14 @@ def crash_line(error: BaseException) -> str:
 
 
 def write_crash_log(error: BaseException) -> Path | None:
-    """Write the full traceback next to the autosave file; None if that is not possible."""
+    """Write the full traceback to crash.txt in the data directory (above the autosaves); None if impossible."""
     import traceback
 
     from tokenlab.files import write_text_atomic
-    from tokenlab.lab.session import autosave_path
+    from tokenlab.lab.session import autosave_dir
 
     try:
-        return write_text_atomic(autosave_path().with_name("crash.txt"),
+        return write_text_atomic(autosave_dir().parent / "crash.txt",
                                  "".join(traceback.format_exception(type(error), error, error.__traceback__)))
     except OSError:
         return None
