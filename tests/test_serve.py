@@ -138,7 +138,7 @@ class Browser:
 def test_serve_shows_the_lab_in_chromium(model_path, tmp_path) -> None:
     from test_serve_security import serving
 
-    with serving() as served:
+    with serving(colour=True) as served:
         page = urllib.request.urlopen(served.url, timeout=10).read().decode()
         assert "tokenlab" in page and "textual" in page.lower()
 

@@ -48,21 +48,27 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
 
-def tokenlab_serve(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+def tokenlab_serve(*args: str, cwd: Path | None = None, colour: bool = False) -> subprocess.Popen[str]:
+    # NO_COLOR keeps the websocket tests' screens plain text; a browser test wants the heat colours
+    env = {**os.environ, "COLUMNS": "300"}
+    if colour:
+        env.pop("NO_COLOR", None)
+    else:
+        env["NO_COLOR"] = "1"
     return subprocess.Popen(
         [sys.executable, "-m", "tokenlab", "serve", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=cwd,
-        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "300"},
+        env=env,
         start_new_session=True,  # its own process group: the labs it spawns are ended with it
     )
 
 
 @contextlib.contextmanager
-def serving(*args: str, host: str = "127.0.0.1") -> Iterator[Served]:
+def serving(*args: str, host: str = "127.0.0.1", colour: bool = False) -> Iterator[Served]:
     """Start `tokenlab serve` on a free loopback port and wait until it prints its URL."""
     port = free_port()
     served = Served(tokenlab_serve("The capital of France is", "--raw", "--seed", "1", "--host", host,
-                                   "--port", str(port), *args), port)
+                                   "--port", str(port), *args, colour=colour), port)
     assert served.process.stderr is not None
     reader = threading.Thread(target=lambda: served.stderr.extend(served.process.stderr), daemon=True)  # type: ignore[arg-type]
     reader.start()
