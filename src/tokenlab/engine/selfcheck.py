@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 SIMULATE_ENV = "TOKENLAB_SELFCHECK_SIMULATE"
 """Set to a signal name (e.g. SIGILL) to make the child die that way while decoding: tests the reporting."""
 
@@ -72,7 +74,7 @@ def _child(model_path: str) -> None:
     for index in range(SINGLE_TOKENS):
         phase(f"decoding single token {index + 1} of {SINGLE_TOKENS}")
         logits = engine.append(int(logits.argmax()))
-    if not (logits == logits).all() or not logits.any():
+    if np.isnan(logits).any() or not logits.any():
         raise RuntimeError("llama.cpp returned NaN or all-zero logits")
     text = engine.detokenize(engine.tokens[len(prompt):])
     print(json.dumps({"done": f"decoded a {len(prompt)}-token batch and {SINGLE_TOKENS} single tokens "
