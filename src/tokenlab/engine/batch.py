@@ -90,6 +90,8 @@ class BatchDecoder:
         """Tokens of the shared prefix in the cache."""
         self.lengths = [0] * self.n_seq
         """Tokens each sequence holds (prefix included)."""
+        self.held: list[list[int]] = [[] for _ in range(self.n_seq)]
+        """What `evaluate` left in each sequence, token by token (its prefix reuse compares with it)."""
         self.decoded_tokens = 0
         """Batch entries passed to llama_decode by this decoder (each prefix token counts once)."""
         self.decode_calls = 0
@@ -138,6 +140,7 @@ class BatchDecoder:
         self._lib.llama_memory_clear(self._memory, True)
         self.prefix_len = 0
         self.lengths = [0] * self.n_seq
+        self.held = [[] for _ in range(self.n_seq)]
         # the same chunking as the Engine's own prompt decode, so the prefix logits match it
         for start in range(0, len(tokens), self._prefix_chunk):
             chunk = tokens[start:start + self._prefix_chunk]
@@ -193,6 +196,65 @@ class BatchDecoder:
         for i in range(count):
             rows[i] = self._row(i, copy=False)
         return rows
+
+    def evaluate(self, contexts: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        """Make sequence i hold exactly contexts[i]; return a float32 copy of each one's last logits row.
+
+        Each sequence keeps the prefix it shares with what it held and decodes only the rest, and
+        the suffixes of all sequences go through llama_decode together (one call per `n_batch`
+        entries), so two sequences that each need one more token cost one decode. As with
+        `Engine.evaluate`, a context already held whole decodes its last token again for its row.
+        Independent of `decode_prefix` / `step`: use one way or the other on a decoder.
+        """
+        if not 0 < len(contexts) <= self.n_seq:
+            raise ValueError(f"evaluate needs 1..{self.n_seq} contexts, got {len(contexts)}")
+        self._check_open()
+        entries: list[tuple[int, int, int]] = []
+        """(sequence, position, token) to decode, each sequence's in order."""
+        last_entry: dict[int, int] = {}
+        for seq, context in enumerate(contexts):
+            tokens = [int(t) for t in context]
+            if not tokens:
+                raise ValueError(f"cannot evaluate an empty context (sequence {seq})")
+            held = self.held[seq]
+            shared = 0
+            limit = min(len(held), len(tokens))
+            while shared < limit and held[shared] == tokens[shared]:
+                shared += 1
+            if shared == len(tokens):
+                shared -= 1  # the row of the last position is gone once anything was decoded after it
+            self._lib.llama_memory_seq_rm(self._memory, seq, shared, -1)
+            self.held[seq] = held[:shared]
+            entries += [(seq, position, tokens[position]) for position in range(shared, len(tokens))]
+            last_entry[seq] = len(entries) - 1
+        if sum(len(held) for held in self.held) + len(entries) > self.n_cells:
+            raise EngineError(
+                f"{len(contexts)} sequences of {max(len(c) for c in contexts)} tokens at most do not fit the "
+                f"{self.n_cells} cells of this context; shorten the prompts or raise --ctx-size"
+            )
+        wanted = {entry: seq for seq, entry in last_entry.items()}
+        rows: dict[int, np.ndarray] = {}
+        for start in range(0, len(entries), self._capacity):
+            chunk = entries[start:start + self._capacity]
+            for i, (seq, position, token) in enumerate(chunk):
+                self._seq_id_slots[i][0] = seq
+                self._positions[i] = position
+                self._tokens[i] = token
+                self._logit_flags[i] = 1 if start + i in wanted else 0
+            try:
+                self._decode(len(chunk))
+            except EngineError:
+                self.held = [[] for _ in range(self.n_seq)]  # what the cache holds is unknown now
+                self._lib.llama_memory_clear(self._memory, True)
+                raise
+            for i in range(len(chunk)):
+                if start + i in wanted:  # llama_get_logits_ith takes the entry's index in the batch
+                    rows[wanted[start + i]] = self._row(i, copy=True)
+            for seq, _, token in chunk:
+                self.held[seq].append(token)
+        for seq in range(len(contexts)):
+            self.lengths[seq] = len(self.held[seq])
+        return [rows[seq] for seq in range(len(contexts))]
 
     # -- internals ---------------------------------------------------------------------------------
 

@@ -8,12 +8,17 @@ from collections.abc import Iterator, Sequence
 
 
 from tokenlab.engine import Engine, EngineError, Utf8Stream
-from tokenlab.lab.step import DEFAULT_TOP_N, Candidate, Frontier, Step, mass_before
+from tokenlab.lab.step import DEFAULT_TOP_N, Candidate, Frontier, Rewind, Step, mass_before
 from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams
 
 STOP_EOS = "eos"
 STOP_MAX_TOKENS = "max_tokens"
 STOP_CONTEXT_FULL = "context_full"
+
+MAX_REWINDS_PER_STEP = 16
+"""Phrase-ban rewinds to one step (after the same prefix) before a phrase is let through, with a notice."""
+MAX_REWINDS_PER_RUN = 256
+"""Phrase-ban rewinds in one run before phrases are let through (rewinds can move back and forth)."""
 
 
 def top_rank(top: Sequence[Candidate], token_id: int, n: int) -> tuple[float, int]:
@@ -49,6 +54,7 @@ class Generation:
         max_tokens: int = 256,
         top_n: int = DEFAULT_TOP_N,
         record: bool = True,
+        chat: bool | None = None,
     ) -> None:
         if not prompt_tokens:
             raise EngineError("the prompt is empty; give some text to continue")
@@ -82,6 +88,20 @@ class Generation:
         """perf_counter() when the run stopped."""
         self.elapsed = 0.0
         """Seconds spent inside step() (decode + pipeline + record)."""
+        self.chat = chat
+        """How the negative prompt is formatted (the prompt's own mode: chat template or raw; None = the model's default)."""
+        self._negative: tuple[str, tuple[int, ...]] | None = None
+        """(negative prompt, its token ids), formatted once per text."""
+        self._guide: object | None = None
+        """The BatchDecoder holding the positive (0) and negative (1) contexts while guidance is on."""
+        self._phrase_bans: dict[tuple[int, ...], set[int]] = {}
+        """Tokens phrase bans removed, by the generated ids before the step they apply to."""
+        self._rewound_at: tuple[int, tuple[Rewind, ...]] | None = None
+        """(step index, rewinds) to attach to the next step recorded at that index."""
+        self.rewinds = 0
+        """Phrase-ban rewinds in this run."""
+        self.notice: str | None = None
+        """A one-line message for the user (a phrase let through); the caller shows it and clears it."""
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -124,28 +144,146 @@ class Generation:
 
     def frontier(self) -> Frontier:
         """The next step's retained logits and pipeline result (decodes what the cache lacks)."""
+        index = len(self.steps)
+        if self._frontier is not None and self._rows_key(self._frontier.params) != self._rows_key(self.params):
+            self._frontier = None  # guidance switched on or off, or a new negative prompt: other rows
         if self._frontier is None:
+            params = self.params
             if self._pipeline is None or self._pipeline.params is not self.params:
                 self._pipeline = Pipeline(self.params)
-            self._frontier = self.frontier_at(len(self.steps), self.params, self._pipeline)
-        elif self._frontier.params != self.params:
-            self._frontier.resample(self.params)
+            self._frontier = self.frontier_at(index, params, self._pipeline)
+        else:
+            params = self._params_at(index, self.params)
+            if self._frontier.params != params:
+                self._frontier.resample(params)
         return self._frontier
 
     def frontier_at(self, index: int, params: SamplerParams, pipeline: Pipeline | None = None) -> Frontier:
         """Step `index` as it stood before its token was drawn: its logits (decoded again for an earlier step;
         the KV cache keeps the prefix), that step's sampler state and random stream, through `params`."""
         context = [*self.prompt_tokens, *self._ids[:index]]
-        return Frontier(logits=self.engine.evaluate(context), history=tuple(context), params=params,
+        banned = self._params_at(index, params)
+        if banned is not params:
+            params, pipeline = banned, None
+        negative = None
+        if params.guidance_scale != 1.0:
+            logits, negative = self._guided_rows(context, self._ids[:index], params)
+        else:
+            logits = self.engine.evaluate(context)
+        return Frontier(logits=logits, history=tuple(context), params=params,
                         pipeline=pipeline, rng_key=(self.seed, index),
                         state=self.steps[index - 1].sampler_state if index else None, step_index=index,
-                        rest_mass=getattr(self.engine, "last_rest_mass", None))
+                        rest_mass=getattr(self.engine, "last_rest_mass", None), negative_logits=negative)
+
+    # -- guidance and phrase bans ----------------------------------------------------------------
+
+    @staticmethod
+    def _rows_key(params: SamplerParams) -> tuple[bool, str]:
+        """What the frontier's logits rows depend on besides the context: whether and against what it is guided."""
+        guided = params.guidance_scale != 1.0
+        return guided, params.negative_prompt if guided else ""
+
+    def negative_context(self, params: SamplerParams | None = None) -> tuple[int, ...]:
+        """Token ids of the negative prompt (formatted as the prompt is), or the prompt's last token without one."""
+        text = (params or self.params).negative_prompt
+        if not text:
+            return self.prompt_tokens[-1:]  # transformers' unconditional context: the last prompt token
+        if self._negative is None or self._negative[0] != text:
+            self._negative = (text, tuple(self.engine.format_prompt(text, chat=self.chat)))
+        return self._negative[1]
+
+    def _guided_rows(self, context: list[int], generated: Sequence[int], params: SamplerParams) -> tuple:  # noqa: ANN401
+        """(positive row, negative row): both contexts as two sequences of one llama.cpp context, one decode."""
+        if getattr(self.engine, "remote", False):
+            raise EngineError("guidance needs a local model (a server's top K has no second sequence); "
+                              "drop --engine or set --guidance-scale 1")
+        negative = [*self.negative_context(params), *generated]
+        if len(negative) > self.engine.n_ctx:
+            raise EngineError(f"the negative prompt and the text are {len(negative)} tokens but the context holds "
+                              f"{self.engine.n_ctx}; shorten the negative prompt or raise --ctx-size")
+        if self._guide is None:
+            from tokenlab.engine.batch import BatchDecoder
+
+            self._guide = BatchDecoder(self.engine, n_seq=2, n_cells=2 * self.engine.n_ctx)
+        positive_row, negative_row = self._guide.evaluate([context, negative])  # type: ignore[attr-defined]
+        return positive_row, negative_row
+
+    def close(self) -> None:
+        """Free the second llama.cpp context that guidance opened, if any (the engine stays loaded)."""
+        if self._guide is not None:
+            self._guide.close()  # type: ignore[attr-defined]
+            self._guide = None
+
+    def _params_at(self, index: int, params: SamplerParams) -> SamplerParams:
+        """`params` with the tokens phrase bans removed at step `index` (after this very prefix) added to `ban`."""
+        if not self._phrase_bans:
+            return params
+        extra = self._phrase_bans.get(tuple(self._ids[:index]))
+        if not extra:
+            return params
+        missing = tuple(sorted(extra.difference(params.ban)))
+        return params.replace(ban=(*params.ban, *missing)) if missing else params
+
+    def _phrase_match(self, step: Step) -> tuple[int, str] | None:
+        """(character offset, phrase) of the earliest banned phrase that the newest token's text completes."""
+        if not step.text:
+            return None
+        text = self.text
+        added = len(step.text)
+        found: tuple[int, str] | None = None
+        for phrase in self.params.ban_phrases:
+            # earlier occurrences were checked when their last token came: look only at the new ones
+            start = text.find(phrase, max(0, len(text) - added - len(phrase) + 1))
+            if start >= 0 and (found is None or start < found[0]):
+                found = (start, phrase)
+        return found
+
+    def _step_at_offset(self, offset: int) -> int:
+        """The step whose token began the character at `offset` of the text (held bytes count as their character's)."""
+        position = len(self.text)
+        index = len(self.steps)
+        while index > 0 and position > offset:
+            index -= 1
+            position -= len(self.steps[index].text)
+        while index > 0 and not self.steps[index - 1].text and not self.steps[index - 1].eog:
+            index -= 1  # tokens that held the first bytes of this character
+        return index
+
+    def _rewind_phrase(self, step: Step) -> bool:
+        """Rewind to where a banned phrase the new token completed began, banning that token there; False if none."""
+        match = self._phrase_match(step)
+        if match is None:
+            return False
+        offset, phrase = match
+        index = self._step_at_offset(offset)
+        banned = self._phrase_bans.setdefault(tuple(self._ids[:index]), set())
+        shown = phrase if len(phrase) <= 40 else phrase[:37] + "..."
+        if self.steps[index].forced:
+            self.notice = f"the banned phrase {shown!r} begins at a token you chose (step {index}); it was let through"
+            return False
+        if len(banned) >= MAX_REWINDS_PER_STEP or self.rewinds >= MAX_REWINDS_PER_RUN:
+            limit = (f"{MAX_REWINDS_PER_STEP} rewinds to step {index}" if len(banned) >= MAX_REWINDS_PER_STEP
+                     else f"{MAX_REWINDS_PER_RUN} rewinds in this run")
+            self.notice = (f"the banned phrase {shown!r} was let through at step {index} after {limit}; "
+                           "the model insists: ban a shorter phrase or add a logit bias against it")
+            return False
+        dropped = self.steps[index:]
+        earlier = tuple(rewind for old in dropped for rewind in old.rewound)
+        rewind = Rewind(phrase=phrase, ids=tuple(s.id for s in dropped), texts=tuple(s.text for s in dropped))
+        banned.add(dropped[0].id)
+        self.rewind(index)
+        self._rewound_at = (index, (*earlier, rewind))
+        self.rewinds += 1
+        return True
+
 
     def set_params(self, params: SamplerParams) -> PipelineResult | None:
         """Use new knobs from the next token on; returns the frontier re-sampled with them, if any."""
         self.params = params
         if self._frontier is not None:
-            return self._frontier.resample(params)
+            if self._rows_key(self._frontier.params) != self._rows_key(params):
+                return self.frontier().result  # guidance changed: the rows are decoded again
+            return self._frontier.resample(self._params_at(len(self.steps), params))
         return None
 
     # -- moving ----------------------------------------------------------------------------------
@@ -160,11 +298,43 @@ class Generation:
         started = time.perf_counter()
         if self.started_at is None:
             self.started_at = started
-        frontier = self.frontier()
-        token_id = frontier.draw()
-        step = self._record(frontier, token_id, forced=False)
+        while True:
+            frontier = self.frontier()
+            token_id = frontier.draw()
+            step = self._record(frontier, token_id, forced=False)
+            # a banned phrase: back to where it began and draw there again (bounded by the rewind caps)
+            if not self.params.ban_phrases or not self._rewind_phrase(step):
+                break
         self.elapsed += time.perf_counter() - started
         return step
+
+    @property
+    def settled(self) -> int:
+        """How many steps no phrase ban can take back any more (all of them without phrase bans or once done).
+
+        The steps from there on end in text that could still grow into a banned phrase; an output
+        that must never show a banned phrase holds them back.
+        """
+        if not self.params.ban_phrases or self.stop_reason is not None:
+            return len(self.steps)
+        longest = max(len(phrase) for phrase in self.params.ban_phrases)
+        tail, index = "", len(self.steps)
+        while index > 0 and len(tail) < longest:
+            index -= 1
+            tail = self.steps[index].text + tail
+        reach = 0  # the longest end of the text that begins a banned phrase
+        for phrase in self.params.ban_phrases:
+            for size in range(min(len(phrase) - 1, len(tail)), reach, -1):
+                if tail.endswith(phrase[:size]):
+                    reach = size
+                    break
+        if reach == 0:
+            index = len(self.steps)
+        else:
+            index = self._step_at_offset(len(self.text) - reach)
+        while index > 0 and not self.steps[index - 1].text and not self.steps[index - 1].eog:
+            index -= 1  # bytes held for a character not written yet may begin a phrase
+        return index
 
     def force(self, token_id: int) -> Step:
         """Append `token_id` at the frontier as if the sampler had drawn it."""
@@ -187,6 +357,7 @@ class Generation:
         self.stop_reason = None
         self.finished_at = None
         self._frontier = None
+        self._rewound_at = None
         self._utf8 = Utf8Stream()
         for step in self.steps:
             self._utf8.push(self.engine.piece(step.id))
@@ -200,6 +371,7 @@ class Generation:
         self.stop_reason = stop_reason
         self.finished_at = None
         self._frontier = None
+        self._rewound_at = None
         self._utf8 = Utf8Stream()
         for step in self.steps:
             self._utf8.push(self.engine.piece(step.id))
@@ -216,6 +388,8 @@ class Generation:
         self.rewind(0)
         self.elapsed = 0.0
         self.started_at = None
+        self._phrase_bans.clear()  # a new run: bans belong to the run that met the phrase
+        self.rewinds = 0
 
     # -- recording -------------------------------------------------------------------------------
 
@@ -255,7 +429,9 @@ class Generation:
             sampler_state=result.next_state(token_id) or None,
             dice=dice,
             rest_mass=frontier.rest_mass,
+            rewound=self._rewound_at[1] if self._rewound_at is not None and self._rewound_at[0] == index else (),
         )
+        self._rewound_at = None
         self.steps.append(step)
         self._ids.append(token_id)
         self._frontier = None

@@ -43,6 +43,27 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
+class Rewind:
+    """Tokens a phrase ban took back: the run went back to the first of them and banned it there."""
+
+    phrase: str
+    """The banned phrase the text came to contain."""
+    ids: tuple[int, ...]
+    """The rewound tokens, in order; ids[0] is the token banned at the step the run restarted from."""
+    texts: tuple[str, ...]
+    """What each rewound token had added to the text."""
+
+    @property
+    def text(self) -> str:
+        """The rewound text."""
+        return "".join(self.texts)
+
+    def to_json(self) -> dict[str, Any]:
+        """The rewind as plain JSON values."""
+        return {"phrase": self.phrase, "tokens": [{"id": i, "text": t} for i, t in zip(self.ids, self.texts)]}
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     """What happened at one position: the token chosen and the candidates it beat."""
 
@@ -78,6 +99,8 @@ class Step:
     None when the token was forced, when it was the only one left, or for a step not recorded in full."""
     rest_mass: float | None = None
     """With a remote engine: the probability of the tokens outside the server's top K (None: full vocabulary)."""
+    rewound: tuple[Rewind, ...] = ()
+    """Phrase-ban rewinds that restarted the run at this step, oldest first (their tokens came before this one)."""
 
     def slim(self) -> Step:
         """This step with only the chosen token among its candidates (what loop mode keeps past its cap)."""
@@ -100,6 +123,7 @@ class Step:
             **({"sampler_state": dict(self.sampler_state)} if self.sampler_state else {}),
             **({"dice": {"u": self.dice[0], "before": self.dice[1]}} if self.dice is not None else {}),
             **({"rest_mass": self.rest_mass} if self.rest_mass is not None else {}),
+            **({"rewound": [rewind.to_json() for rewind in self.rewound]} if self.rewound else {}),
             "top": [
                 {"id": c.id, "text": c.text, "prob": c.prob, "final_prob": c.final_prob,
                  "removed_by": c.removed_by}
@@ -141,6 +165,8 @@ class Frontier:
     rest_mass: float | None = None
     """For a remote row (a server's top K log-probabilities, -inf elsewhere): the probability of the rest of
     the vocabulary. Raw probabilities are then the server's own, and the candidates are the K it named."""
+    negative_logits: np.ndarray | None = None
+    """The negative context's float32 row at this step, when classifier-free guidance decoded one."""
     result: PipelineResult = field(init=False)
     rng: np.random.Generator = field(init=False, repr=False)
     drawn_u: float | None = field(init=False, default=None)
@@ -156,7 +182,7 @@ class Frontier:
         assert self.pipeline is not None
         self.rng = np.random.default_rng(self.rng_key)
         self.result = self.pipeline.run(self.logits, self.history, rng=self.rng, state=self.state,
-                                        step_index=self.step_index)
+                                        step_index=self.step_index, negative_logits=self.negative_logits)
 
     @property
     def raw(self) -> RawStats:
@@ -186,6 +212,17 @@ class Frontier:
         token_id = self.result.draw(self.rng)
         self.drawn_u = u
         return token_id
+
+    def negative_top(self, n: int) -> list[tuple[int, float]]:
+        """(id, probability) of the negative context's n most likely tokens (softmax of its raw row, T = 1)."""
+        if self.negative_logits is None:
+            return []
+        row = self.negative_logits.astype(np.float64)
+        n = min(n, row.shape[0])
+        best = np.argpartition(-row, n - 1)[:n]
+        best = best[np.lexsort((best, -row[best]))]
+        probs = np.exp(row[best] - row.max()) / np.exp(row - row.max()).sum()
+        return [(int(i), float(p)) for i, p in zip(best, probs)]
 
     def top_ids(self, n: int) -> np.ndarray:
         """Ids of the n most likely tokens by raw logit, most likely first (for a remote row: among the server's K)."""

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenlab.sampling import filters, history, mirostat, watermark  # noqa: F401  (they register stages)
+from tokenlab.sampling import filters, guidance, history, mirostat, watermark  # noqa: F401  (they register stages)
 from tokenlab.sampling._validate import check_bias, check_float, check_int, check_token_id
 from tokenlab.sampling.history import check_breakers
 from tokenlab.sampling.mirostat import check_mirostat
@@ -107,6 +107,34 @@ def parse_samplers(spec: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(stages)
 
 
+MAX_PHRASE_CHARS = 1000
+"""Longest banned phrase (a phrase is matched against the end of the text after every token)."""
+
+
+def check_negative_prompt(value: object) -> str:
+    """The negative prompt as text, or a ValueError."""
+    if not isinstance(value, str):
+        raise ValueError(f"negative_prompt must be text, got {value!r}")
+    return value
+
+
+def check_ban_phrases(value: object) -> tuple[str, ...]:
+    """Banned phrases as a tuple of distinct non-empty texts, or a ValueError naming the bad one."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(f"ban_phrases must be a list of texts, got {value!r}")
+    phrases: list[str] = []
+    for phrase in value:
+        if not isinstance(phrase, str):
+            raise ValueError(f"ban_phrases: each phrase must be text, got {phrase!r}")
+        if not phrase:
+            raise ValueError("ban_phrases: a phrase is empty, which would ban every text; give some text")
+        if len(phrase) > MAX_PHRASE_CHARS:
+            raise ValueError(f"ban_phrases: a phrase is {len(phrase):,} characters; at most {MAX_PHRASE_CHARS:,}")
+        if phrase not in phrases:
+            phrases.append(phrase)
+    return tuple(phrases)
+
+
 def _frozen_bias(bias: Mapping[Any, Any]) -> Mapping[int, float]:
     if not isinstance(bias, Mapping):
         raise ValueError(f"logit_bias must be a mapping of token id to bias, got {bias!r}")
@@ -173,6 +201,7 @@ FIELD_RANGES: dict[str, FieldRange] = {
     "scaled_frequency": FieldRange(low=1.0, note=" (1 = off)"),
     "scaled_presence": FieldRange(low=1.0, note=" (1 = off)"),
     "watermark_delta": FieldRange(low=0.0, note=" (0 = off)"),
+    "guidance_scale": FieldRange(note=" (1 = off)"),
 }
 """The range of every plain numeric field: validation, the CLI and the lab's knobs all use these.
 (mirostat, logit_bias, ban and the DRY breakers have checks of their own; `check_schedule` checks the
@@ -266,6 +295,14 @@ class SamplerParams:
     """Added to the logits of the green tokens; 0 turns the watermark off."""
     watermark_scheme: str = "lefthash"
     """"lefthash" (the previous token picks the list) or "selfhash" (see sampling/watermark.py)."""
+    # -- classifier-free guidance and phrase bans: the generation loop decodes the negative context
+    # and rewinds; the pipeline only sees the negative row (see Guidance) and per-position bans
+    guidance_scale: float = 1.0
+    """CFG (transformers): log_softmax(neg) + scale·(log_softmax(pos) − log_softmax(neg)); 1 is off."""
+    negative_prompt: str = ""
+    """The context guidance steers away from; "" uses the prompt's last token alone, as transformers does."""
+    ban_phrases: tuple[str, ...] = ()
+    """Texts the output never contains: the run rewinds to where one began and bans that token there."""
 
     def __post_init__(self) -> None:
         checked: dict[str, object] = {
@@ -280,6 +317,8 @@ class SamplerParams:
             watermark_key=check_watermark_key(self.watermark_key),
             watermark_gamma=check_gamma(self.watermark_gamma),
             watermark_scheme=check_scheme(self.watermark_scheme),
+            negative_prompt=check_negative_prompt(self.negative_prompt),
+            ban_phrases=check_ban_phrases(self.ban_phrases),
         )
         end, steps, curve = check_schedule(
             checked["temperature"],  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from tokenlab.sampling._validate import check_int
+from tokenlab.sampling.guidance import Guidance
 from tokenlab.sampling.candidates import (
     Candidates,
     as_row,
@@ -401,7 +402,9 @@ class Pipeline:
         self.params = params if params is not None else SamplerParams()
         if not isinstance(self.params, SamplerParams):
             raise ValueError(f"Pipeline needs a SamplerParams, got {type(self.params).__name__}")
-        first = (LogitBias.from_params(self.params), Ban.from_params(self.params))
+        # guidance first: it rebuilds the row from two distributions, and the user's biases and bans
+        # (phrase bans too) must then act on the guided row, unscaled, whatever the guidance scale
+        first = (Guidance.from_params(self.params), LogitBias.from_params(self.params), Ban.from_params(self.params))
         self._first: tuple[Stage, ...] = tuple(stage for stage in first if stage is not None)
         ordered = (STAGES[name].from_params(self.params) for name in self.params.samplers)
         self._ordered: tuple[Stage, ...] = tuple(stage for stage in ordered if stage is not None)
@@ -428,12 +431,14 @@ class Pipeline:
         rng: np.random.Generator | None = None,
         state: Mapping[str, object] | None = None,
         step_index: int = 0,
+        negative_logits: np.ndarray | None = None,
     ) -> PipelineResult:
         """Apply every stage to one raw logits row (never modified; reports may reference it).
 
         `rng` feeds stochastic stages (default: a generator seeded with `step_index`), `state` is
-        the mapping a previous `next_state` returned (None: the initial state), and `step_index`
-        the 0-based index of the token being generated (temperature schedules).
+        the mapping a previous `next_state` returned (None: the initial state), `step_index`
+        the 0-based index of the token being generated (temperature schedules), and
+        `negative_logits` the negative context's row at this step (classifier-free guidance).
         """
         row = as_row(logits)
         checked_state = _checked_state(state)
@@ -449,6 +454,7 @@ class Pipeline:
             rng=rng,
             state=checked_state,
             step_index=step_index,
+            negative_logits=None if negative_logits is None else as_row(negative_logits),
         )
         top = row.max()
         if np.isnan(top):
@@ -518,10 +524,11 @@ def distribution(
     rng: np.random.Generator | None = None,
     state: Mapping[str, object] | None = None,
     step_index: int = 0,
+    negative_logits: np.ndarray | None = None,
     **params: Any,
 ) -> np.ndarray:
     """Full-length float64 final probabilities of `logits` under SamplerParams(**params)."""
     result = Pipeline(SamplerParams.from_dict(params)).run(
-        logits, history, rng=rng, state=state, step_index=step_index
+        logits, history, rng=rng, state=state, step_index=step_index, negative_logits=negative_logits
     )
     return result.dense_probs()

@@ -52,6 +52,8 @@ class StepContext:
     """Sampler state carried between steps (see `PipelineResult.next_state`)."""
     step_index: int = 0
     """0-based index of the token being generated (drives temperature schedules)."""
+    negative_logits: np.ndarray | None = None
+    """The negative context's raw row at this step, for classifier-free guidance (see guidance.py)."""
 
 
 class Cutoff(NamedTuple):
