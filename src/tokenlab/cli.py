@@ -496,17 +496,29 @@ def generate(
         engine, tokens, params,
         seed=seed, max_tokens=opts.max_tokens, top_n=opts.top_n,
         record=output_format is OutputFormat.jsonl,  # plain text needs no candidates or raw statistics
+        chat=opts.chat,
     )
     out = sys.stdout
     # on a terminal, a token's control characters are shown, not obeyed; a pipe or file gets the text as is
     shown: Callable[[str], str] = terminal_safe if out.isatty() else str
     started = time.perf_counter()
-    for step in generation.run():
-        if output_format is OutputFormat.jsonl:
-            out.write(json.dumps(step.to_json(), ensure_ascii=False) + "\n")
-        else:
-            out.write(shown(step.text))
-        out.flush()
+    written = 0  # steps printed: a step is printed once no phrase ban can take it back (Generation.settled)
+    try:
+        for _ in generation.run():
+            written = min(written, len(generation.steps))  # a rewind may restart before the unprinted steps only
+            settled = generation.settled
+            for step in generation.steps[written:settled]:
+                if output_format is OutputFormat.jsonl:
+                    out.write(json.dumps(step.to_json(), ensure_ascii=False) + "\n")
+                else:
+                    out.write(shown(step.text))
+            written = max(written, settled)
+            out.flush()
+            if generation.notice:
+                err_console.print(f"note: {terminal_safe(generation.notice)}", markup=False, soft_wrap=True)
+                generation.notice = None
+    finally:
+        generation.close()
     wall = time.perf_counter() - started
     tokens = len(generation.steps)
     tokens_per_second = tokens / wall if wall > 0 else 0.0
@@ -550,8 +562,9 @@ def inspect_command(
     from tokenlab.render import candidates_table
 
     engine, tokens, params = prepare_run(prompt, opts, example="tokenlab inspect 'The capital of France is'")
-    generation = Generation(engine, tokens, params, seed=0, top_n=opts.top_n)
+    generation = Generation(engine, tokens, params, seed=0, top_n=opts.top_n, chat=opts.chat)
     frontier = generation.frontier()
+    generation.close()
     candidates = frontier.candidates(engine.token_text, opts.top_n)
     result = frontier.result
     stage_rows = [{"name": stage.name, "kept": int(stage.n_kept)} for stage in result.stages]
@@ -573,6 +586,9 @@ def inspect_command(
             "entropy_unit": "bits",
             "survivors": int(result.final_ids.shape[0]),
             "stages": view.to_json()["stages"] if view is not None else stage_rows,
+            **({"negative": [{"id": token_id, "text": engine.token_text(token_id), "prob": prob}
+                             for token_id, prob in frontier.negative_top(opts.top_n)]}
+               if frontier.negative_logits is not None else {}),
         }
         sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
         return
@@ -586,6 +602,10 @@ def inspect_command(
         console.print(engine.distribution_note)
     else:
         console.print(f"vocabulary {engine.n_vocab:,} → {pipeline}")
+    if frontier.negative_logits is not None:
+        negative = " · ".join(f"{visible(engine.token_text(token_id))} {prob:.3f}"
+                              for token_id, prob in frontier.negative_top(5))
+        console.print(Text(f"negative context's top (raw): {negative}"))
     console.print(
         f"entropy: raw {frontier.raw.entropy_bits:.3f} bits · final {final_entropy:.3f} bits · "
         f"{result.final_ids.shape[0]:,} token{'s' if result.final_ids.shape[0] != 1 else ''} can be drawn"

@@ -22,7 +22,7 @@ from tokenlab.engine import Engine, EngineError
 from tokenlab.engine.chat import ChatTemplateError
 from tokenlab.lab.generation import Generation
 from tokenlab.lab.speed import SpeedWatch
-from tokenlab.lab.step import Candidate, Frontier, Step
+from tokenlab.lab.step import NEGATIVE_TOP_N, Candidate, Frontier, Step
 from tokenlab.lab.tree import GenerationTree, Segment, segments
 from tokenlab.sampling import PipelineResult, SamplerParams
 
@@ -113,6 +113,8 @@ class FrontierView(LabEvent):
     """(stage name, tokens kept) for every stage that ran."""
     live: tuple[tuple[str, float], ...] = ()
     """Values the knobs do not show by themselves: the scheduled/dynamic temperature, mirostat's mu."""
+    negative: tuple[tuple[int, str, float], ...] = ()
+    """With guidance: the negative context's most likely next tokens, (id, text, raw probability)."""
 
 
 @dataclass(frozen=True)
@@ -364,9 +366,8 @@ class LabController:
             self.emit(LabFailed(str(exc)))
             return
         if step is not None:
-            if not self._pending:
-                self._pending_start = step.index
-            self._pending.append(step)
+            self._queue(step)
+        self._tell_notice(generation)
         now = time.perf_counter()
         if generation.done or now - self._last_emit >= self.batch_interval:
             self._flush()
@@ -380,6 +381,20 @@ class LabController:
                 self.running = False
                 self.emit(StateChanged(self.running, self.loop))
                 self._emit_frontier()
+
+    def _queue(self, step: Step) -> None:
+        """Add a new step to the next batch; a phrase-ban rewind restarts the batch where it went back to."""
+        if self._pending and step.index < self._pending_start + len(self._pending):
+            del self._pending[max(0, step.index - self._pending_start):]
+        if not self._pending:
+            self._pending_start = step.index  # StepsAdded replaces what the screen holds from here on
+        self._pending.append(step)
+
+    def _tell_notice(self, generation: Generation) -> None:
+        """Pass on a message the generation left (a banned phrase let through)."""
+        if generation.notice:
+            self.emit(LabNotice(generation.notice))
+            generation.notice = None
 
     def _flush(self) -> None:
         if self._pending and self.generation is not None:
@@ -444,8 +459,10 @@ class LabController:
             tokens = self.engine.format_prompt(settings.prompt, chat=chat)
         except ChatTemplateError as exc:
             raise ChatTemplateError(f"{exc} (here: press e, then ctrl+t)") from None
+        if self.generation is not None:
+            self.generation.close()  # its guidance context, if any; the new run opens its own when needed
         self.generation = Generation(self.engine, tokens, settings.params, seed=seed,
-                                     max_tokens=settings.max_tokens, top_n=settings.top_n)
+                                     max_tokens=settings.max_tokens, top_n=settings.top_n, chat=chat)
         self._counted = False
         self.settings.seed = seed
         self.run_id += 1
@@ -482,6 +499,8 @@ class LabController:
             survivors=int(result.final_ids.shape[0]),
             stages=tuple((stage.name, int(stage.n_kept)) for stage in result.stages),
             live=tuple(live_values(result)),
+            negative=tuple((token, self.engine.token_text(token), prob)
+                           for token, prob in frontier.negative_top(NEGATIVE_TOP_N)),
         )
 
     # -- command handlers (controller thread) -----------------------------------------------------
@@ -577,6 +596,7 @@ class LabController:
         step = generation.step()
         if step is not None:
             self.emit(StepsAdded(self.run_id, step.index, (step,), generation.tokens_per_second))
+        self._tell_notice(generation)
         if generation.done:
             self.emit(RunStopped(self.run_id, generation.stop_reason or "", len(generation.steps),
                                  generation.tokens_per_second))

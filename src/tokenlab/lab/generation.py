@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 
 
 from tokenlab.engine import Engine, EngineError, Utf8Stream
-from tokenlab.lab.step import DEFAULT_TOP_N, Candidate, Frontier, Rewind, Step, mass_before
+from tokenlab.lab.step import DEFAULT_TOP_N, NEGATIVE_TOP_N, Candidate, Frontier, Rewind, Step, mass_before
 from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams
 
 STOP_EOS = "eos"
@@ -430,6 +430,8 @@ class Generation:
             dice=dice,
             rest_mass=frontier.rest_mass,
             rewound=self._rewound_at[1] if self._rewound_at is not None and self._rewound_at[0] == index else (),
+            negative=tuple((token, self.engine.token_text(token), prob)
+                           for token, prob in frontier.negative_top(NEGATIVE_TOP_N)) if self.record else (),
         )
         self._rewound_at = None
         self.steps.append(step)

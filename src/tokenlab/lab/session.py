@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenlab.files import write_text_atomic
-from tokenlab.lab.step import Candidate, Step
+from tokenlab.lab.step import Candidate, Rewind, Step
 from tokenlab.lab.tree import GenerationTree, TreeNode
 from tokenlab.sampling import SamplerParams
 
@@ -193,6 +193,14 @@ def step_to_json(step: Step) -> dict[str, Any]:
             value = [[c.id, c.text, c.logit, c.prob, c.final_prob, c.removed_by] for c in value]
         elif item.name == "sampler_state":
             value = dict(value) if value else None
+        elif item.name == "rewound":
+            if not value:
+                continue  # most steps: no rewinds, and files of runs without phrase bans stay as they were
+            value = [{"phrase": r.phrase, "ids": list(r.ids), "texts": list(r.texts)} for r in value]
+        elif item.name == "negative":
+            if not value:
+                continue  # only guided steps carry it
+            value = [list(entry) for entry in value]
         values[item.name] = value
     return values
 
@@ -238,7 +246,43 @@ def step_from_json(data: dict[str, Any], where: str = "step") -> Step:
         sampler_state=state,
         dice=_dice(data, where),
         rest_mass=_probability(data, "rest_mass", where) if data.get("rest_mass") is not None else None,
+        rewound=_rewound(data, where),
+        negative=_negative(data, where),
     )
+
+
+def _negative(data: dict[str, Any], where: str) -> tuple[tuple[int, str, float], ...]:
+    """The negative context's top candidates recorded on a guided step (none when absent)."""
+    if data.get("negative") is None:
+        return ()
+    entries = []
+    for number, row in enumerate(_checked(data, "negative", list, where)):
+        at = f"{where}.negative[{number}]"
+        if not isinstance(row, list) or len(row) != 3:
+            raise _FieldError(at, f"expected [id, text, prob], got {_short(row)}")
+        entries.append((_integer(row, 0, low=0, where=at), _checked(row, 1, str, at), _probability(row, 2, at)))
+    return tuple(entries)
+
+
+def _rewound(data: dict[str, Any], where: str) -> tuple[Rewind, ...]:
+    """The phrase-ban rewinds recorded on a step (none when the field is absent)."""
+    if data.get("rewound") is None:
+        return ()
+    rewinds = []
+    for number, item in enumerate(_checked(data, "rewound", list, where)):
+        at = f"{where}.rewound[{number}]"
+        if not isinstance(item, dict):
+            raise _FieldError(at, f"expected {{\"phrase\", \"ids\", \"texts\"}}, got {_short(item)}")
+        ids = _checked(item, "ids", list, at)
+        texts = _checked(item, "texts", list, at)
+        if len(ids) != len(texts) or not ids:
+            raise _FieldError(f"{at}.ids", "expected one or more ids, as many as texts")
+        rewinds.append(Rewind(
+            phrase=_checked(item, "phrase", str, at),
+            ids=tuple(_integer(ids, i, low=0, where=f"{at}.ids") for i in range(len(ids))),
+            texts=tuple(_checked(texts, i, str, f"{at}.texts") for i in range(len(texts))),
+        ))
+    return tuple(rewinds)
 
 
 def _dice(data: dict[str, Any], where: str) -> tuple[float, float] | None:

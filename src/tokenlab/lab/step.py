@@ -13,6 +13,8 @@ from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams,
 
 DEFAULT_TOP_N = 20
 """Candidates kept in a step's record."""
+NEGATIVE_TOP_N = 5
+"""Candidates of the negative context kept in a guided step's record."""
 
 
 @dataclass(frozen=True, slots=True)  # slots: a long session holds hundreds of thousands of these
@@ -101,6 +103,8 @@ class Step:
     """With a remote engine: the probability of the tokens outside the server's top K (None: full vocabulary)."""
     rewound: tuple[Rewind, ...] = ()
     """Phrase-ban rewinds that restarted the run at this step, oldest first (their tokens came before this one)."""
+    negative: tuple[tuple[int, str, float], ...] = ()
+    """With guidance: the negative context's most likely tokens here, (id, text, raw probability)."""
 
     def slim(self) -> Step:
         """This step with only the chosen token among its candidates (what loop mode keeps past its cap)."""
@@ -124,6 +128,7 @@ class Step:
             **({"dice": {"u": self.dice[0], "before": self.dice[1]}} if self.dice is not None else {}),
             **({"rest_mass": self.rest_mass} if self.rest_mass is not None else {}),
             **({"rewound": [rewind.to_json() for rewind in self.rewound]} if self.rewound else {}),
+            **({"negative": [{"id": i, "text": t, "prob": p} for i, t, p in self.negative]} if self.negative else {}),
             "top": [
                 {"id": c.id, "text": c.text, "prob": c.prob, "final_prob": c.final_prob,
                  "removed_by": c.removed_by}

@@ -92,6 +92,8 @@ class GenerationTree:
             if child is None:
                 child = TreeNode(step=step, parent=node)
                 node.children[step.id] = child
+            elif step.rewound and child.step is not None and len(child.step.rewound) < len(step.rewound):
+                child.step = step  # the same token, drawn again after a phrase-ban rewind: keep that record
             node = child
             if count:
                 node.count += 1

@@ -397,8 +397,12 @@ class LabScreen(Screen[None]):
         self.candidate_limit = self._candidate_limit(table, candidates, chosen, hot_ids)
         rows = table.rows_for(candidates, chosen, self.candidate_limit, hot_ids)
         self.selected_candidate = min(self.selected_candidate, max(0, len(rows) - 1))
+        if cursor is not None and cursor < len(steps):
+            negative = steps[cursor].negative
+        else:
+            negative = self.frontier.negative if self.frontier is not None and cursor is not None else ()
         table.show(candidates, chosen=chosen, selected=self.selected_candidate, limit=self.candidate_limit,
-                   title=title, hot=hot_ids, dice=self._dice(table, steps, cursor))
+                   title=title, hot=hot_ids, dice=self._dice(table, steps, cursor), negative=negative)
         strip = self.query_one(DistributionStrip)
         width = strip.size.width or 40
         if cursor is not None and cursor >= len(steps) and self.frontier is not None:

@@ -51,9 +51,12 @@ class CandidatesTable(Panel):
     HEADER_LINES = 3
     """The title, the dice line and the column names above the rows."""
 
+    negative_line = False
+    """Whether the header has a line for the negative context (guidance on)."""
+
     def fits(self) -> int:
         """How many candidate rows fit under the header."""
-        return max(1, (self.content_region.height or 7) - self.HEADER_LINES)
+        return max(1, (self.content_region.height or 7) - self.HEADER_LINES - self.negative_line)
 
     def show(
         self,
@@ -65,20 +68,30 @@ class CandidatesTable(Panel):
         title: str,
         hot: Sequence[int] = (),
         dice: Text | None = None,
+        negative: Sequence[tuple[int, str, float]] = (),
     ) -> None:
         """Render the first `limit` candidates (plus the chosen and hot ones when they rank lower).
 
-        `dice` is a line on the draw of the step (see dice_line) shown under the title.
+        `dice` is a line on the draw of the step (see dice_line) shown under the title; `negative`,
+        with guidance, the negative context's top tokens (id, text, raw probability), on a line of its own.
         """
         width = max(20, self.content_region.width or 38)
         key_dice = dice.plain if dice is not None else None
-        if self.unchanged((tuple(candidates), chosen, selected, limit, title, tuple(hot), width, key_dice)):
+        if self.unchanged((tuple(candidates), chosen, selected, limit, title, tuple(hot), width, key_dice,
+                           tuple(negative))):
             return
+        self.negative_line = bool(negative)
         rows = self.rows_for(candidates, chosen, limit, hot)
         # plain aligned Text, not a rich Table: this re-renders with every batch of tokens
         text = Text(title + "\n", style="bold")
         if dice is not None:
             line = dice.copy()
+            line.truncate(width, overflow="ellipsis")
+            text.append_text(line)
+            text.append("\n")
+        if negative:
+            line = Text("negative ", style="dim")
+            line.append(" · ".join(f"{short_token(token, 8)} {prob:.2f}" for _, token, prob in negative))
             line.truncate(width, overflow="ellipsis")
             text.append_text(line)
             text.append("\n")
@@ -227,7 +240,7 @@ STAGE_SHORT = {
     "penalties": "pen", "scaled_penalties": "scaled-pen", "no_repeat_ngram": "no-repeat",
     "dry": "dry", "top_n_sigma": "n-sigma", "top_k": "top-k", "typical_p": "typical", "top_p": "top-p",
     "min_p": "min-p", "epsilon": "epsilon", "eta": "eta", "top_a": "top-a", "xtc": "xtc",
-    "temperature": "temp", "mirostat_v2": "mirostat", "logit_bias": "bias", "ban": "ban",
+    "temperature": "temp", "mirostat_v2": "mirostat", "logit_bias": "bias", "ban": "ban", "guidance": "cfg",
 }
 """Stage names short enough for a narrow panel."""
 

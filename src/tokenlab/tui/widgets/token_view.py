@@ -23,6 +23,8 @@ FRONTIER_MARK = "▍"
 PROMPT_LINES = 6
 """Lines of the prompt shown above the text at most (a longer prompt ends in an ellipsis)."""
 PROMPT_STYLE = Style(dim=True, italic=True)
+REWOUND_STYLE = Style(dim=True, strike=True)
+"""Text a phrase ban took back, shown struck through before the token drawn in its place."""
 VIRTUAL_HEADROOM = 16
 """Blank lines of scroll room kept below the text, so the virtual size changes every 16 lines only."""
 
@@ -180,23 +182,28 @@ class TokenView(ScrollView, can_focus=True):
             else:
                 colour = step_colour(step, mode)
             style = self._style(colour, bool(index % 2), step.forced, index == self._cursor)
-            for number, piece in enumerate(label.split("\n") if label else ()):
-                if number:  # a newline inside the token
-                    self._lines.append([])
-                    used = 0
-                while piece:
-                    room = width - used
-                    if len(piece) > room and used > 0 and len(piece) <= width:
-                        self._lines.append([])  # wrap before the token rather than split it
-                        used, room = 0, width
-                    chunk, piece = piece[:room], piece[room:]
-                    self._lines[-1].append(Segment(chunk, style))
-                    used += len(chunk)
-                    if first_line is None:
-                        first_line = len(self._lines) - 1
-                    if piece:
+            parts = [(label, style)]
+            if step.rewound:  # never silently: what phrase bans took back stays visible, struck through
+                struck = "".join(rewind.text for rewind in step.rewound)
+                parts.insert(0, (terminal_safe(struck).replace("\n", NEWLINE_MARK), REWOUND_STYLE))
+            for part, part_style in parts:
+                for number, piece in enumerate(part.split("\n") if part else ()):
+                    if number:  # a newline inside the token
                         self._lines.append([])
                         used = 0
+                    while piece:
+                        room = width - used
+                        if len(piece) > room and used > 0 and len(piece) <= width:
+                            self._lines.append([])  # wrap before the token rather than split it
+                            used, room = 0, width
+                        chunk, piece = piece[:room], piece[room:]
+                        self._lines[-1].append(Segment(chunk, part_style))
+                        used += len(chunk)
+                        if first_line is None:
+                            first_line = len(self._lines) - 1
+                        if piece:
+                            self._lines.append([])
+                            used = 0
             current = len(self._lines) - 1
             self._start_line.append(current if first_line is None else first_line)
             self._end_line.append(current if first_line is None else self._last_text_line(first_line))
