@@ -411,6 +411,10 @@ def run_rollouts(
     if parallel is not None and parallel < 1:
         raise ValueError(f"parallel must be at least 1, got {parallel}")
     params = params or SamplerParams()
+    if params.guidance_scale != 1.0 or params.ban_phrases:
+        # each rollout would need its own negative sequence and its own rewinds: say so, never ignore them
+        raise ValueError("rollouts sample without guidance and phrase bans; set the guidance scale to 1 "
+                         "and clear the banned phrases to sample rollouts")
     budget = engine.n_ctx
     if len(context) + length > budget:
         raise EngineError(
