@@ -6,11 +6,10 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from tokenlab import __version__
 from tokenlab.commands import doctor, export, generate, inspect, lab, models, rollouts, score, serve
-from tokenlab.commands.common import describe_os_error, err_console, silence_stdout, user_errors
+from tokenlab.commands.common import describe_os_error, print_error, silence_stdout, user_errors
 from tokenlab.commands.options import RunOptions
 
 app = typer.Typer(
@@ -71,7 +70,7 @@ def _output_failed(exc: OSError) -> int:
     silence_stdout()
     if isinstance(exc, BrokenPipeError):
         return 0  # the reader went away (`| head`): nothing more to say
-    err_console.print(f"[bold red]error:[/] {escape(describe_os_error(exc))}", markup=True, soft_wrap=True)
+    print_error(describe_os_error(exc))
     return 1
 
 

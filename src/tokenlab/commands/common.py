@@ -16,16 +16,23 @@ from tokenlab.errors import EXIT_BAD_INPUT, TokenlabError
 err_console = Console(stderr=True, highlight=False)
 
 
+def print_error(message: str) -> None:
+    """The one way a command reports an error: "error: MESSAGE" as one line on stderr.
+
+    The message may quote a file name, a token or model metadata: never markup, never terminal commands.
+    """
+    from tokenlab.engine.text import terminal_safe
+
+    err_console.print(f"[bold red]error:[/] {escape(terminal_safe(message))}", markup=True, soft_wrap=True)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one line on stderr and exit code 2 (130 on Ctrl-C)."""
-    from tokenlab.engine.text import terminal_safe
-
     try:
         yield
     except (TokenlabError, ValueError) as exc:
-        # the message may quote a file name, a token or model metadata: never markup, never terminal commands
-        err_console.print(f"[bold red]error:[/] {escape(terminal_safe(str(exc)))}", markup=True, soft_wrap=True)
+        print_error(str(exc))
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -35,8 +42,7 @@ def user_errors() -> Iterator[None]:
         sys.stderr.close()
         raise typer.Exit(0) from None
     except OSError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(terminal_safe(describe_os_error(exc)))}", markup=True,
-                          soft_wrap=True)
+        print_error(describe_os_error(exc))
         silence_stdout()
         raise typer.Exit(1) from None
 
