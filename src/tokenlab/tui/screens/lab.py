@@ -46,7 +46,7 @@ from tokenlab.lab.knobs import KNOBS, move_stage, nudge, reset_knob, toggle_stag
 from tokenlab.lab.score import file_text
 from tokenlab.lab.step import Candidate, Step
 from tokenlab.render import COLOUR_MODES, mode_legend
-from tokenlab.sampling import SamplerParams
+from tokenlab.sampling import STAGE_NAMES, SamplerParams
 from tokenlab.tui.messages import LabEventMessage
 from tokenlab.tui.screens.dialogs import (
     HelpScreen,
@@ -655,10 +655,10 @@ class LabScreen(Screen[None]):
         stage = self._selected_stage()
         if stage is None:
             return
-        if stage not in self.params.samplers:
+        if stage not in self.params.samplers and stage in STAGE_NAMES:
             self.notify(f"{stage} is switched off (o switches it on)", severity="warning")
             return
-        self._set_params(move_stage(self.params, stage, delta))  # the knob panel's first line shows the order
+        self._set_params(lambda: move_stage(self.params, stage, delta))  # the knob panel's first line shows the order
 
     def action_save_session(self) -> None:
         def picked(path: str | None) -> None:
