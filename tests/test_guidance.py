@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from tokenlab.engine import Engine
 from tokenlab.lab import Generation
+from tokenlab.lab.session import step_from_json, step_to_json
 from tokenlab.sampling import Pipeline, SamplerParams, distribution
 from tokenlab.sampling.guidance import guided_scores, log_softmax
 
@@ -135,6 +137,7 @@ def test_one_guided_step_by_hand(engine: Engine, cat: list[int]) -> None:
     assert [entry[0] for entry in step.negative] == [int(i) for i in top]
     assert step.negative[0][2] == pytest.approx(softmax(negative)[top[0]])
     assert step.to_json()["negative"][0]["id"] == int(top[0])
+    assert step_from_json(json.loads(json.dumps(step_to_json(step)))).negative == step.negative  # sessions keep it
     generation.close()
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -121,3 +124,27 @@ def test_a_phrase_the_model_insists_on_is_let_through_with_one_notice(
     assert len(generation.steps) == 10 and generation.done
     assert generation.notice is not None and "let through" in generation.notice and "3 rewinds" in generation.notice
     assert " " in generation.text
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a subprocess, its output a pipe."""
+    return subprocess.run([sys.executable, "-m", "tokenlab", *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_COLOR": "1"})
+
+
+def test_generate_never_prints_a_banned_phrase_and_jsonl_records_the_rewinds() -> None:
+    flags = ("Write a story about a knight.", "-n", "30", "-s", "1", "--logit-bias", " dragon=8")
+    unbanned = run_cli("generate", *flags)
+    assert unbanned.returncode == 0 and " dragon" in unbanned.stdout
+    text = run_cli("generate", *flags, "--ban-phrase", " dragon")
+    assert text.returncode == 0, text.stderr
+    assert " dragon" not in text.stdout and len(text.stdout) > 40
+    jsonl = run_cli("generate", *flags, "--ban-phrase", " dragon", "-f", "jsonl")
+    records = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    steps, done = records[:-1], records[-1]
+    # steps come once each, in order, and only the kept ones: the rewound tokens are in "rewound" records
+    assert [record["step"] for record in steps] == list(range(30)) and done["done"]
+    assert "".join(record["text"] for record in steps) == done["text"] == text.stdout.rstrip("\n")
+    rewinds = [rewind for record in steps for rewind in record.get("rewound", [])]
+    assert rewinds and all(r["phrase"] == " dragon" and r["tokens"][0]["text"] == " dragon" for r in rewinds)
+    assert " dragon" not in done["text"]

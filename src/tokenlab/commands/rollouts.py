@@ -251,6 +251,8 @@ def rollouts(
         raise UserError(f"-n/--count must be in 1..{MAX_ROLLOUTS:,}, got {count}")
     if not 1 <= length <= opts.ctx_size:
         raise UserError(f"--length must be in 1..{opts.ctx_size} (the --ctx-size), got {length}")
+    if opts.guidance_scale != 1.0 or opts.ban_phrases:
+        raise UserError("rollouts sample without guidance and phrase bans; leave out --guidance-scale and --ban-phrase")
     engine, tokens, params = prepare_run(prompt, opts, example="tokenlab rollouts 'The capital of France is' -n 64")
     seed = opts.seed if opts.seed is not None else secrets.randbits(32)
     with progress_bar(err_console) as progress:

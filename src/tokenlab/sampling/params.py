@@ -369,7 +369,7 @@ class SamplerParams:
     # -- classifier-free guidance and phrase bans: the generation loop decodes the negative context
     # and rewinds; the pipeline sees the negative row (the guidance stage) and per-step bans
     guidance_scale: float = knob(
-        1.0, range=FieldRange(note=" (1 = off)"), flag="--guidance-scale", panel="Guidance and phrase bans",
+        1.0, range=FieldRange(note=" (a finite number; 1 = off)"), flag="--guidance-scale", panel="Guidance and phrase bans",
         help="Classifier-free guidance: log_softmax(neg) + S·(log_softmax(pos) − log_softmax(neg)); 1 = off, "
              "0 = the negative context alone, > 1 pushes away from it.",
         label="guidance", stage="guidance", fine=0.1, coarse=0.5, origin="transformers",
