@@ -7,12 +7,16 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from tokenlab.engine import Engine
 from tokenlab.lab import Generation
 from tokenlab.lab.session import step_from_json, step_to_json
 from tokenlab.sampling import Pipeline, SamplerParams, distribution
 from tokenlab.sampling.guidance import guided_scores, log_softmax
+from test_sampling_properties import logits_rows
 
 PLAIN = dict(top_k=0, top_p=1.0, min_p=0.0, temperature=1.0)
 """Knobs that leave a distribution as it is, so the guided row alone decides."""
@@ -164,3 +168,28 @@ def test_turning_guidance_on_and_off_rebuilds_the_frontier(engine: Engine, cat: 
     np.testing.assert_array_equal(generation.frontier().logits, engine.last_logits())
     assert 0.5 * np.abs(back.dense_probs() - plain).sum() < 0.1
     generation.close()
+
+
+# -- properties ------------------------------------------------------------------------------------
+
+
+@st.composite
+def row_pairs(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """A positive and a negative row of the same length (ordinary, tied and non-finite values)."""
+    positive = draw(logits_rows())
+    elements = st.one_of(st.floats(-50, 50), st.sampled_from([math.nan, math.inf, -math.inf, 1e30, -1e30]))
+    return positive, draw(hnp.arrays(np.float64, positive.shape[0], elements=elements))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row_pairs(), st.one_of(st.sampled_from([0.0, 0.5, 1.5, 3.0, -1.0]), st.floats(-10, 10)))
+def test_any_guided_row_gives_a_finite_normalised_distribution_and_mutates_nothing(
+    rows: tuple[np.ndarray, np.ndarray], scale: float
+) -> None:
+    positive, negative = rows
+    kept = positive.copy(), negative.copy()
+    result = Pipeline(SamplerParams(guidance_scale=scale)).run(positive, negative_logits=negative)
+    probs = result.dense_probs()
+    assert np.all(np.isfinite(probs)) and np.all(probs >= 0) and probs.sum() == pytest.approx(1.0)
+    np.testing.assert_array_equal(positive, kept[0])
+    np.testing.assert_array_equal(negative, kept[1])

@@ -82,7 +82,8 @@ def compare_frontier(
 ) -> StepComparison:
     """The frontier's own knobs (A) against `params_b` on the same row, state and random stream."""
     other = Frontier(logits=frontier.logits, history=frontier.history, params=params_b, rng_key=frontier.rng_key,
-                     state=frontier.state, step_index=frontier.step_index, rest_mass=frontier.rest_mass)
+                     state=frontier.state, step_index=frontier.step_index, rest_mass=frontier.rest_mass,
+                     negative_logits=frontier.negative_logits)
     a, b = frontier.result, other.result
     ids = frontier.top_ids(top_n).astype(np.int64)
     raw = frontier.raw
@@ -190,6 +191,10 @@ def compare_generations(
     """Generate with both knob sets as two sequences of one llama.cpp context (prompt decoded once)."""
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    if any(p.guidance_scale != 1.0 or p.ban_phrases for p in (params_a, params_b)):
+        # each side would need its own negative sequence and its own rewinds: say so, never ignore them
+        raise ValueError("compare generates without guidance and phrase bans; leave out --guidance-scale and "
+                         "--ban-phrase (on both sides)")
     prompt = [int(t) for t in prompt_tokens]
     room = engine.n_ctx - len(prompt)
     if room < 1:

@@ -24,13 +24,20 @@ if TYPE_CHECKING:
 
 
 def log_softmax(row: np.ndarray) -> np.ndarray:
-    """Float64 log-probabilities of a logits row (-inf stays -inf; an all -inf row stays all -inf)."""
+    """Float64 log-probabilities of a logits row, with the pipeline's rules for degenerate rows.
+
+    NaN counts as -inf; +inf logits share the mass equally (the rest get -inf); a row with nothing
+    above -inf stays all -inf.
+    """
     values = np.asarray(row, dtype=np.float64)
-    finite = values > -np.inf
-    if not finite.any():
+    values = np.where(np.isnan(values), -np.inf, values)
+    infinite = values == np.inf
+    if infinite.any():
+        return np.where(infinite, -np.log(np.count_nonzero(infinite)), -np.inf)
+    if not (values > -np.inf).any():
         return np.full(values.shape[0], -np.inf)
-    top = values[finite].max()
-    shifted = values - top
+    with np.errstate(over="ignore"):  # a spread beyond float64 (1e308 and -1e308) is -inf: probability 0
+        shifted = values - values.max()
     return shifted - np.log(np.exp(shifted).sum())
 
 
