@@ -67,7 +67,7 @@ def user_errors() -> Iterator[None]:
 
     from tokenlab.engine import EngineError
     from tokenlab.engine.models import ModelError
-    from tokenlab.engine.text import terminal_safe
+    from tokenlab.render import terminal_safe
 
     try:
         yield
@@ -487,8 +487,8 @@ def generate(
     opts: RunOptions,
 ) -> None:
     """Generate text from PROMPT with the sampler knobs, streaming it to stdout."""
-    from tokenlab.engine.text import terminal_safe
     from tokenlab.lab import Generation
+    from tokenlab.render import terminal_safe
 
     engine, tokens, params = prepare_run(prompt, opts, example="tokenlab generate 'Once upon a time'")
     seed = opts.seed if opts.seed is not None else secrets.randbits(32)
@@ -545,9 +545,8 @@ def inspect_command(
     opts: RunOptions,
 ) -> None:
     """Show the next-token distribution after PROMPT: the top candidates and what each stage kept."""
-    from tokenlab.engine.text import visible
     from tokenlab.lab import Generation
-    from tokenlab.render import candidates_table
+    from tokenlab.render import candidates_table, visible
 
     engine, tokens, params = prepare_run(prompt, opts, example="tokenlab inspect 'The capital of France is'")
     generation = Generation(engine, tokens, params, seed=0, top_n=opts.top_n)
@@ -776,9 +775,9 @@ def score(
     """Score an existing text: the probability, rank and entropy the model gives each of its tokens."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from tokenlab.engine.text import terminal_safe
     from tokenlab.lab.score import RANK_BUCKETS, WatermarkTest, file_text, score_text
-    from tokenlab.render import detectgpt_text, heat_color, prob_heat, watermark_colour, watermark_legend, watermark_line
+    from tokenlab.render import (detectgpt_text, heat_color, prob_heat, terminal_safe, watermark_colour,
+                                 watermark_legend, watermark_line)
 
     with user_errors():
         if not 0 <= top_n <= MAX_TOP_N:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import html
 import math
 
-from tokenlab.engine.text import visible
 from tokenlab.lab.session import Session
 from tokenlab.lab.step import Step
-from tokenlab.render import heat_color, prob_heat
+from tokenlab.render import heat_color, prob_heat, visible
 from tokenlab.sampling import SamplerParams
 
 
