@@ -43,12 +43,18 @@ def test_a_banned_phrase_is_rewound_and_its_first_token_banned_there(
     engine: Engine, knight: list[int], dragon: int
 ) -> None:
     params = forced_dragons(dragon, ban_phrases=(" dragon",))
+    engine.reset()
+    before = engine.decoded_tokens
     generation = Generation(engine, knight, params, seed=1, max_tokens=30)
     list(generation.run())
     assert " dragon" not in generation.text
     assert len(generation.steps) == 30 and generation.rewinds > 0
     rewound = [(step.index, rewind) for step in generation.steps for rewind in step.rewound]
     assert rewound and len(rewound) == generation.rewinds
+    # the KV cache was truncated, not rebuilt: the prompt once, then one token per draw (a rewind
+    # decodes the token before the restart again for its logits)
+    draws = 30 + sum(len(rewind.ids) for _, rewind in rewound)
+    assert engine.decoded_tokens - before == len(knight) + draws - 1
     for index, rewind in rewound:
         assert rewind.phrase == " dragon" and rewind.ids[0] == dragon and rewind.text.startswith(" dragon")
         # the token drawn instead is another, and the frontier of that step shows why: the ban removed it
