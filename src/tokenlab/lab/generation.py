@@ -7,7 +7,10 @@ import time
 from collections.abc import Iterator, Sequence
 
 
+import numpy as np
+
 from tokenlab.engine import Engine, EngineError, Utf8Stream
+from tokenlab.engine.batch import BatchDecoder
 from tokenlab.lab.step import DEFAULT_TOP_N, NEGATIVE_TOP_N, Candidate, Frontier, Rewind, Step, mass_before
 from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams
 
@@ -92,7 +95,7 @@ class Generation:
         """How the negative prompt is formatted (the prompt's own mode: chat template or raw; None = the model's default)."""
         self._negative: tuple[str, tuple[int, ...]] | None = None
         """(negative prompt, its token ids), formatted once per text."""
-        self._guide: object | None = None
+        self._guide: BatchDecoder | None = None
         """The BatchDecoder holding the positive (0) and negative (1) contexts while guidance is on."""
         self._phrase_bans: dict[tuple[int, ...], set[int]] = {}
         """Tokens phrase bans removed, by the generated ids before the step they apply to."""
@@ -192,7 +195,8 @@ class Generation:
             self._negative = (text, tuple(self.engine.format_prompt(text, chat=self.chat)))
         return self._negative[1]
 
-    def _guided_rows(self, context: list[int], generated: Sequence[int], params: SamplerParams) -> tuple:  # noqa: ANN401
+    def _guided_rows(self, context: list[int], generated: Sequence[int],
+                     params: SamplerParams) -> tuple[np.ndarray, np.ndarray]:
         """(positive row, negative row): both contexts as two sequences of one llama.cpp context, one decode."""
         if getattr(self.engine, "remote", False):
             raise EngineError("guidance needs a local model (a server's top K has no second sequence); "
@@ -202,16 +206,14 @@ class Generation:
             raise EngineError(f"the negative prompt and the text are {len(negative)} tokens but the context holds "
                               f"{self.engine.n_ctx}; shorten the negative prompt or raise --ctx-size")
         if self._guide is None:
-            from tokenlab.engine.batch import BatchDecoder
-
             self._guide = BatchDecoder(self.engine, n_seq=2, n_cells=2 * self.engine.n_ctx)
-        positive_row, negative_row = self._guide.evaluate([context, negative])  # type: ignore[attr-defined]
+        positive_row, negative_row = self._guide.evaluate([context, negative])
         return positive_row, negative_row
 
     def close(self) -> None:
         """Free the second llama.cpp context that guidance opened, if any (the engine stays loaded)."""
         if self._guide is not None:
-            self._guide.close()  # type: ignore[attr-defined]
+            self._guide.close()
             self._guide = None
 
     def _params_at(self, index: int, params: SamplerParams) -> SamplerParams:
@@ -258,8 +260,8 @@ class Generation:
         index = self._step_at_offset(offset)
         banned = self._phrase_bans.setdefault(tuple(self._ids[:index]), set())
         shown = phrase if len(phrase) <= 40 else phrase[:37] + "..."
-        if self.steps[index].forced:
-            self.notice = f"the banned phrase {shown!r} begins at a token you chose (step {index}); it was let through"
+        if any(old.forced for old in self.steps[index:]):  # a rewind would undo the user's own choice
+            self.notice = f"the banned phrase {shown!r} holds a token you chose (from step {index} on); it was let through"
             return False
         if len(banned) >= MAX_REWINDS_PER_STEP or self.rewinds >= MAX_REWINDS_PER_RUN:
             limit = (f"{MAX_REWINDS_PER_STEP} rewinds to step {index}" if len(banned) >= MAX_REWINDS_PER_STEP
