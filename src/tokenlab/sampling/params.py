@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenlab.sampling import filters, history, mirostat, watermark  # noqa: F401  (they register stages)
+from tokenlab.sampling import filters, history, mirostat, shaping, watermark  # noqa: F401  (they register stages)
 from tokenlab.sampling._validate import check_bias, check_float, check_int, check_token_id
 from tokenlab.sampling.history import check_breakers
 from tokenlab.sampling.mirostat import check_mirostat
@@ -22,23 +22,32 @@ DEFAULT_ORDER: tuple[str, ...] = (
     "no_repeat_ngram",
     "dry",
     "watermark",
+    "smoothing",
     "top_n_sigma",
+    "top_h",
     "top_k",
+    "tail_free",
     "typical_p",
     "top_p",
     "min_p",
     "epsilon",
     "eta",
     "top_a",
+    "p_less",
     "xtc",
     "temperature",
+    "mirostat_v1",
     "mirostat_v2",
+    "adaptive_p",
 )
 """Every stage in its default place: llama.cpp's common order (penalties; dry; top_n_sigma; top_k;
 typ_p; top_p; min_p; xtc; temperature), the other history stages after penalties, transformers'
-epsilon/eta and webui's top_a after min_p, the watermark before the first cut (transformers runs its
-watermark processor before the warpers, so delta is added to the untruncated, untempered logits), and
-mirostat last (llama.cpp runs it after temperature).
+epsilon/eta, webui's top_a and p-less after min_p, the watermark before the first cut (transformers runs
+its watermark processor before the warpers, so delta is added to the untruncated, untempered logits),
+webui's quadratic smoothing after it and before the cuts (webui reshapes before it truncates), top_h
+just before top_k (transformers' order), tail_free between top_k and typical_p (where llama.cpp had it),
+and the final selectors last: mirostat v1 and v2 after temperature, as llama.cpp runs them, and
+adaptive-p, which llama.cpp puts in place of its final draw.
 Stages whose knobs are off are dropped when a Pipeline is built, so they cost nothing."""
 
 STAGE_NAMES: tuple[str, ...] = tuple(
@@ -67,6 +76,20 @@ _ALIASES: dict[str, str] = {
     "mirostat": "mirostat_v2",
     "mirostat2": "mirostat_v2",
     "mirostatv2": "mirostat_v2",
+    "mirostat1": "mirostat_v1",
+    "mirostatv1": "mirostat_v1",
+    "adaptive": "adaptive_p",
+    "adaptivep": "adaptive_p",
+    "adaptive_target": "adaptive_p",
+    "quadratic": "smoothing",
+    "quadratic_sampling": "smoothing",
+    "smoothing_factor": "smoothing",
+    "tfs": "tail_free",
+    "tfs_z": "tail_free",
+    "tailfree": "tail_free",
+    "tail_free_sampling": "tail_free",
+    "toph": "top_h",
+    "pless": "p_less",
     "epsilon_cutoff": "epsilon",
     "eta_cutoff": "eta",
     "topa": "top_a",
@@ -173,6 +196,13 @@ FIELD_RANGES: dict[str, FieldRange] = {
     "scaled_frequency": FieldRange(low=1.0, note=" (1 = off)"),
     "scaled_presence": FieldRange(low=1.0, note=" (1 = off)"),
     "watermark_delta": FieldRange(low=0.0, note=" (0 = off)"),
+    "adaptive_target": FieldRange(low=-1.0, high=1.0, note=" (negative = off)"),
+    "adaptive_decay": FieldRange(low=0.0, high=0.99),
+    "smoothing_factor": FieldRange(low=0.0, note=" (0 = off)"),
+    "smoothing_curve": FieldRange(low=1.0, high=10.0),
+    "tfs_z": FieldRange(low=0.0, high=1.0, note=" (1 = off)"),
+    "top_h": FieldRange(low=0.0, high=1.0, note=" (0 = off)"),
+    "p_less": FieldRange(low=0.0, high=1.0, note=" (0 = off, 1 = the paper's rule)"),
 }
 """The range of every plain numeric field: validation, the CLI and the lab's knobs all use these.
 (mirostat, logit_bias, ban and the DRY breakers have checks of their own; `check_schedule` checks the
@@ -266,6 +296,21 @@ class SamplerParams:
     """Added to the logits of the green tokens; 0 turns the watermark off."""
     watermark_scheme: str = "lefthash"
     """"lefthash" (the previous token picks the list) or "selfhash" (see sampling/watermark.py)."""
+    # -- the 2026 catalogue ---------------------------------------------------------------------------
+    adaptive_target: float = -1.0
+    """Adaptive-p's target probability (llama.cpp); negative turns it off."""
+    adaptive_decay: float = 0.9
+    """Adaptive-p's moving-average decay (history ≈ 1/(1 - decay) tokens)."""
+    smoothing_factor: float = 0.0
+    """Quadratic smoothing factor (text-generation-webui); 0 turns it off."""
+    smoothing_curve: float = 1.0
+    """Quadratic smoothing curve: 1 is the plain quadratic, higher adds a cubic term."""
+    tfs_z: float = 1.0
+    """Tail-free sampling's z (KoboldCpp); 1 turns it off."""
+    top_h: float = 0.0
+    """Top-H's entropy share (transformers); 0 turns it off."""
+    p_less: float = 0.0
+    """p-less strength: keep p >= p_less·Σp² (1 = the paper's rule); 0 turns it off."""
 
     def __post_init__(self) -> None:
         checked: dict[str, object] = {
