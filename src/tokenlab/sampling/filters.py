@@ -1,9 +1,11 @@
-"""Truncation filters beyond llama.cpp's core chain: top-n-sigma, XTC, epsilon, eta and top-a.
+"""Truncation filters beyond llama.cpp's core chain: top-n-sigma, XTC, epsilon, eta, top-a, tail-free,
+top-H and p-less.
 
-top_n_sigma and xtc follow llama.cpp (src/llama-sampler.cpp); epsilon and eta follow Hugging Face
-transformers' EpsilonLogitsWarper and EtaLogitsWarper; top_a follows text-generation-webui's
-TopALogitsWarper.  Every filter here keeps at least `min_keep` tokens when it received that many
-(XTC by skipping a removal that would leave fewer, as llama.cpp does).
+top_n_sigma and xtc follow llama.cpp (src/llama-sampler.cpp); epsilon, eta and top_h follow Hugging
+Face transformers' EpsilonLogitsWarper, EtaLogitsWarper and TopHLogitsWarper; top_a follows
+text-generation-webui's TopALogitsWarper; tail_free follows KoboldCpp's sample_tail_free; p_less
+follows the p-less paper (llama.cpp PR #26035).  Every filter here keeps at least `min_keep` tokens
+when it received that many (XTC by skipping a removal that would leave fewer, as llama.cpp does).
 """
 
 from __future__ import annotations
