@@ -240,3 +240,14 @@ def test_mirostat_v1_picks_k_from_the_zipf_estimate() -> None:
     chosen_prob = report.prob_of(0)
     state = dict(MirostatV1(tau, 0.1).next_state(report, 0))
     assert state["mirostat_mu"] == pytest.approx(mu - 0.1 * (-math.log2(chosen_prob) - tau))
+
+
+def test_the_lab_shows_adaptive_ps_state_beside_its_knobs() -> None:
+    from tokenlab.lab.controller import live_values
+    from tokenlab.sampling import Pipeline, SamplerParams
+
+    params = SamplerParams(samplers=("adaptive_p",), adaptive_target=0.4, adaptive_decay=0.5)
+    state = {ADAPTIVE_WEIGHTED_SUM: 0.3, ADAPTIVE_TOTAL_WEIGHT: 1.5}  # an average of 0.2
+    result = Pipeline(params).run(np.array([0.0, -1.0, -2.0]), state=state)
+    # the adapted target 2·0.4 - 0.2 = 0.6 beside the target, the average beside the decay
+    assert dict(live_values(result)) == pytest.approx({"adaptive_target": 0.6, "adaptive_decay": 0.2})
