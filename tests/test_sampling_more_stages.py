@@ -251,3 +251,28 @@ def test_the_lab_shows_adaptive_ps_state_beside_its_knobs() -> None:
     result = Pipeline(params).run(np.array([0.0, -1.0, -2.0]), state=state)
     # the adapted target 2·0.4 - 0.2 = 0.6 beside the target, the average beside the decay
     assert dict(live_values(result)) == pytest.approx({"adaptive_target": 0.6, "adaptive_decay": 0.2})
+
+
+def test_new_knobs_default_to_off_round_trip_and_name_the_stage_that_removed_a_token() -> None:
+    import json
+
+    from tokenlab.sampling import DEFAULT_ORDER, Pipeline, SamplerParams, parse_samplers
+
+    defaults = SamplerParams()
+    assert (defaults.adaptive_target, defaults.adaptive_decay) == (-1.0, 0.9)
+    assert (defaults.smoothing_factor, defaults.smoothing_curve, defaults.tfs_z) == (0.0, 1.0, 1.0)
+    assert (defaults.top_h, defaults.p_less, defaults.mirostat) == (0.0, 0.0, 0)
+    assert [stage.name for stage in Pipeline(defaults).stages] == ["top_k", "top_p", "min_p", "temperature"]
+    assert DEFAULT_ORDER[-3:] == ("mirostat_v1", "mirostat_v2", "adaptive_p")
+    assert parse_samplers("tfs, toph, pless, quadratic, adaptive, mirostat1") == (
+        "tail_free", "top_h", "p_less", "smoothing", "adaptive_p", "mirostat_v1"
+    )
+    params = SamplerParams(adaptive_target=0.3, adaptive_decay=0.5, smoothing_factor=0.2, smoothing_curve=2.0,
+                           tfs_z=0.9, top_h=0.5, p_less=0.5, mirostat=1, top_k=0)
+    assert SamplerParams.from_dict(json.loads(json.dumps(params.to_dict()))) == params  # as sessions save it
+    names = [stage.name for stage in Pipeline(params).stages]
+    assert names == ["smoothing", "top_h", "tail_free", "top_p", "min_p", "p_less", "temperature",
+                     "mirostat_v1", "adaptive_p"]
+    tail = [0.0, -0.1, -0.2, -3.0, -3.1, -3.2, -3.3, -3.4, -3.5]
+    result = Pipeline(SamplerParams(samplers=("tail_free",), tfs_z=0.5)).run(np.array(tail))
+    assert result.removed_by(8) == "tail_free" and result.removed_by(0) is None
