@@ -431,8 +431,8 @@ async def test_stage_view_presets_and_stage_order(finished_engine, tmp_path, mon
         await pilot.press("escape")
         await pilot.press("end")
 
-        await pilot.press("t", "right_curly_bracket")  # temperature moves after mirostat_v2...
-        assert lab.params.samplers[-2:] == ("mirostat_v2", "temperature")
+        await pilot.press("t", "right_curly_bracket")  # temperature moves after mirostat_v1...
+        assert lab.params.samplers[-4:] == ("mirostat_v1", "temperature", "mirostat_v2", "adaptive_p")
         await pilot.press("left_curly_bracket")  # ...and back
         await pilot.press("left_curly_bracket")
         assert lab.params.samplers.index("temperature") < lab.params.samplers.index("xtc")
