@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from tokenlab.engine.text import visible
+from tokenlab.engine.text import terminal_safe, visible
 from tokenlab.lab.step import Candidate, Step
 
 # Anchors of the red -> yellow -> green scale (low probability is red).
@@ -219,3 +219,41 @@ def stage_view_tables(view: Any, *, token_width: int = 24) -> tuple[Table, Table
                 cells.append(Text("" if removed else f"{row.probs[column]:.4f}"))
         moves.add_row(Text(f"'{visible(text)[:token_width]}'"), f"{raw:.4f}", *cells)
     return summary, moves
+
+
+# -- A/B comparison -------------------------------------------------------------------------------
+
+
+def compare_step_table(step: Any) -> Table:
+    """A rich table of one step under knob sets A and B: raw p, each set's final p and what removed it."""
+    table = Table(title=Text(f"next token · A keeps {step.survivors_a:,} ({step.entropy_a:.2f} bits) · "
+                             f"B keeps {step.survivors_b:,} ({step.entropy_b:.2f} bits)"),
+                  title_justify="left", expand=False, box=box.SIMPLE_HEAD)
+    table.add_column("token")
+    table.add_column("raw p", justify="right")
+    table.add_column("A final", justify="right")
+    table.add_column("", min_width=8)
+    table.add_column("B final", justify="right")
+    table.add_column("", min_width=8)
+    table.add_column("removed by A / B", style="dim")
+    for row in step.rows:
+        removed = " / ".join(name or "·" for name in (row.removed_by_a, row.removed_by_b))
+        table.add_row(
+            Text(f"'{visible(row.text)}'"),
+            f"{row.prob:.4f}",
+            f"{row.final_a:.4f}",
+            Text("█" * round(row.final_a * 8), style=heat_color(prob_heat(row.final_a))),
+            f"{row.final_b:.4f}",
+            Text("█" * round(row.final_b * 8), style=heat_color(prob_heat(row.final_b))),
+            "" if removed == "· / ·" else removed,
+            style="dim" if row.removed_by_a and row.removed_by_b else "",
+        )
+    return table
+
+
+def compared_text(steps: Iterable[Any]) -> Text:
+    """A compared generation's text, each token on the heat colour of its raw probability."""
+    text = Text()
+    for step in steps:
+        text.append(terminal_safe(step.text), style=f"black on {heat_color(prob_heat(step.prob))}")
+    return text
