@@ -874,3 +874,45 @@ async def test_the_knob_panel_shows_adaptive_ps_moving_average_and_adapted_targe
         assert target_row[-3] == "0.30" and target_row[-2].startswith("→")
         # 2·target - average, both shown to two decimals
         assert float(target_row[-2][1:]) == pytest.approx(min(1.0, max(0.0, 0.6 - average)), abs=0.011)
+
+
+async def test_a_b_compares_the_inspected_step_with_a_preset_and_generates_both(finished_engine, tmp_path,
+                                                                                monkeypatch) -> None:
+    from tokenlab.lab.compare import compare_frontier
+    from tokenlab.presets import list_presets, load_preset
+    from tokenlab.tui.screens.compare import CompareRunsScreen, CompareScreen
+
+    monkeypatch.setenv("TOKENLAB_CONFIG", str(tmp_path))  # the built-in presets only
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=8, autostart=True)
+    apps.append(app)
+    async with app.run_test(size=(150, 45)) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.stop_reason == "max_tokens" and lab.frontier is not None)
+        await pilot.press("left", "left")  # inspect step 6
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        screen = app.screen
+        names = list(list_presets())
+        first = next(i for i, name in enumerate(names) if load_preset(name) != lab.params)
+        assert screen._label == names[first]
+        # the comparison is the one the pipeline gives on that step's logits
+        generation = lab.controller.generation
+        frontier = generation.frontier_at(6, lab.params)
+        expected = compare_frontier(frontier, load_preset(names[first]), engine.token_text, top_n=12)
+        assert (screen.comparison.survivors_a, screen.comparison.survivors_b) == (expected.survivors_a,
+                                                                                 expected.survivors_b)
+        assert [row.id for row in screen.comparison.only_b] == [row.id for row in expected.only_b]
+        text = str(screen.query_one("#compare-only-b").render())
+        assert text.startswith("only B can draw")
+        await pilot.press("right")  # the next preset
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen._label != names[first])
+        assert app.screen._label == names[(first + 1) % len(names)]
+        await pilot.press("g")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareRunsScreen), timeout=120)
+        runs = app.screen.runs
+        assert len(runs.a) == len(runs.b) == 48 or "eos" in (runs.stop_a, runs.stop_b)
+        # A continues the lab's own run from step 6 with the same seed: its first token is the lab's step 6
+        assert runs.a[0].id == lab.steps[6].id
+        await pilot.press("escape")
+        assert isinstance(app.screen, LabScreen)

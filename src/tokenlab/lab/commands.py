@@ -127,6 +127,26 @@ class ShowStages(LabCommand):
 
 
 @dataclass(frozen=True)
+class CompareStep(LabCommand):
+    """Step `index` under the current knobs (A) and `params_b` (B); answered with StepCompared."""
+
+    index: int
+    params_b: SamplerParams
+    label: str
+    """What B is called on screen (a preset's name)."""
+
+
+@dataclass(frozen=True)
+class CompareRuns(LabCommand):
+    """Generate `length` tokens from step `index` with A and with B, same seed; answered with RunsCompared."""
+
+    index: int
+    params_b: SamplerParams
+    label: str
+    length: int = 48
+
+
+@dataclass(frozen=True)
 class Rollouts(LabCommand):
     """Sample `n` continuations of `length` tokens from step `index` in one batch; they join the tree."""
 

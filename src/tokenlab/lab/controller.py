@@ -23,6 +23,8 @@ from tokenlab.engine import Engine, EngineError
 from tokenlab.engine.chat import ChatTemplateError
 from tokenlab.lab.commands import (
     Choose,
+    CompareRuns,
+    CompareStep,
     LabCommand,
     NameTokens,
     Pause,
@@ -251,6 +253,26 @@ class StageViewReady(LabEvent):
 
 
 @dataclass(frozen=True)
+class StepCompared(LabEvent):
+    """Two knob sets on one step (see lab/compare.py)."""
+
+    index: int
+    label: str
+    params_b: SamplerParams = field(compare=False)
+    comparison: Any = field(compare=False)
+
+
+@dataclass(frozen=True)
+class RunsCompared(LabEvent):
+    """Two generations from one step with two knob sets and the same seed."""
+
+    index: int
+    label: str
+    params_b: SamplerParams = field(compare=False)
+    comparison: Any = field(compare=False)
+
+
+@dataclass(frozen=True)
 class RolloutProgress(LabEvent):
     """Rollouts under way: steps done of the total."""
 
@@ -320,6 +342,8 @@ class LabController:
             SwitchBranch: self._cmd_switch_branch,
             Score: self._cmd_score,
             ShowStages: self._cmd_stage_view,
+            CompareStep: self._cmd_compare_step,
+            CompareRuns: self._cmd_compare_runs,
             Rollouts: self._cmd_rollouts,
             Save: self._cmd_save,
         }
@@ -760,6 +784,41 @@ class LabController:
         view = stage_view(frontier.result, frontier.raw, ids, self.engine.token_text,
                           rest_mass=frontier.rest_mass, seen=frontier.seen)
         self.emit(StageViewReady(index, view))
+
+    def _inspected_frontier(self, index: int) -> Frontier:
+        """Step `index` as it stood before its token was drawn, through the current knobs (pauses a run)."""
+        generation = self.generation
+        assert generation is not None and self.engine is not None
+        if self.running:
+            self._cmd_pause()
+        if index >= len(generation.steps):
+            return generation.frontier()
+        return generation.frontier_at(index, self.settings.params)
+
+    def _cmd_compare_step(self, command: CompareStep) -> None:
+        """The current knobs (A) and B on step `index`: survivors, final p, tokens only one can draw."""
+        from tokenlab.lab.compare import compare_frontier
+
+        assert self.engine is not None
+        frontier = self._inspected_frontier(command.index)
+        comparison = compare_frontier(frontier, command.params_b, self.engine.token_text, top_n=12)
+        self.emit(StepCompared(command.index, command.label, command.params_b, comparison))
+
+    def _cmd_compare_runs(self, command: CompareRuns) -> None:
+        """Both knob sets generate from step `index` as two sequences of one context, with the run's seed."""
+        from tokenlab.lab.compare import compare_generations
+
+        generation = self.generation
+        assert generation is not None and self.engine is not None
+        if self.running:
+            self._cmd_pause()
+        index = min(command.index, len(generation.steps))
+        prefix = [*generation.prompt_tokens, *generation.generated_ids[:index]]
+        state = generation.steps[index - 1].sampler_state if index else None
+        comparison = compare_generations(self.engine, prefix, self.settings.params, command.params_b,
+                                         seed=generation.seed, max_tokens=command.length, start_index=index,
+                                         state=state)
+        self.emit(RunsCompared(index, command.label, command.params_b, comparison))
 
     def _cmd_rollouts(self, command: Rollouts) -> None:
         """Sample n continuations of `length` tokens from step `index` in one batch; add them to the tree."""

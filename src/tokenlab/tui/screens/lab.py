@@ -29,6 +29,8 @@ from tokenlab.export import SESSION_FORMAT, format_for, write_session
 from tokenlab.files import OutsideDirectoryError, confined_path, write_text_atomic
 from tokenlab.lab.commands import (
     Choose,
+    CompareRuns,
+    CompareStep,
     NameTokens,
     Pause,
     Play,
@@ -56,7 +58,9 @@ from tokenlab.lab.controller import (
     LabNotice,
     RunStarted,
     RunStopped,
+    RunsCompared,
     StateChanged,
+    StepCompared,
     StepsAdded,
     RolloutProgress,
     RolloutsReady,
@@ -93,7 +97,7 @@ ROLLOUT_N, ROLLOUT_LENGTH = 64, 16
 HOT_FINE, HOT_COARSE = 0.5, 2.0
 KNOB_KEYS = {"t": "temperature", "k": "top_k", "p": "top_p", "m": "min_p", "y": "typical_p"}
 NEEDS_MODEL = frozenset({"toggle_run", "step", "regenerate", "toggle_loop", "choose", "rollouts", "stage_view",
-                         "score", "hot_token", "set_seed"})
+                         "score", "hot_token", "set_seed", "compare"})
 """Actions that ask the model something: dimmed until it is loaded (and for good if it failed to load)."""
 DIMMABLE = (*sorted(NEEDS_MODEL), "cursor", "cursor_home", "candidate", "back_to_live", "toggle_stage",
             "move_stage", "reset_knob")
@@ -163,6 +167,7 @@ class LabScreen(Screen[None]):
         Binding("right_curly_bracket", "move_stage(1)", "Stage later", show=False, tooltip="Move the selected knob's stage later in the order", id="stage-later"),
         Binding("s", "save_session", "Save", show=False, tooltip="Save the session (.json: prompt, knobs, the tree with every step) or export it (.md, .html, .svg screenshot)", id="save"),
         Binding("R", "rollouts", "Rollouts", show=False, tooltip="Sample 64 continuations of 16 tokens from the inspected step in one batch (again: cancel)", id="rollouts"),
+        Binding("a", "compare", "A/B", show=False, tooltip="A/B: the inspected step under the current knobs and a preset side by side (← → other presets, g generates both)", id="compare"),
         Binding("i", "stage_view", "Stages", tooltip="The distribution after every stage at the inspected step", id="stages"),
         Binding("P", "presets", "Presets", show=False, tooltip="Load a preset of all knobs, or save the current ones", id="presets"),
         Binding("h", "hot_token", "Hot token", show=False, tooltip="Pick a token to boost or suppress with +/-", id="hot-token"),
@@ -199,6 +204,8 @@ class LabScreen(Screen[None]):
         self.seed = settings.seed
         self.model_name = "loading model…"
         self.model_ready = False
+        self._compare_preset = 0
+        """The preset the A/B view compares with (an index into the preset list)."""
         self.run_id = 0
         self.steps: list[Step] = []
         self.frontier: FrontierView | None = None
@@ -336,6 +343,28 @@ class LabScreen(Screen[None]):
     def _got_stage_view(self, event: StageViewReady) -> None:
         self.app.push_screen(StageScreen(event.index, event.view))
 
+    def _got_step_compared(self, event: StepCompared) -> None:
+        from tokenlab.render import describe_difference
+        from tokenlab.tui.screens.compare import CompareScreen
+
+        def then(answer: tuple[str, int] | None) -> None:
+            if answer is None:
+                return
+            what, preset = answer
+            if what == "runs":
+                self.controller.send(CompareRuns(event.index, event.params_b, event.label))
+            else:
+                self._compare_with(event.index, preset)
+
+        screen = CompareScreen(event.index, event.label, self._compare_preset, event.comparison,
+                               describe_difference(self.params, event.params_b))
+        self.app.push_screen(screen, then)
+
+    def _got_runs_compared(self, event: RunsCompared) -> None:
+        from tokenlab.tui.screens.compare import CompareRunsScreen
+
+        self.app.push_screen(CompareRunsScreen(event.index, event.label, event.comparison))
+
     def _got_tree(self, event: TreeChanged) -> None:
         self.branch_tree = event
 
@@ -380,6 +409,8 @@ class LabScreen(Screen[None]):
         RolloutProgress: _got_rollout_progress,
         RolloutsReady: _got_rollouts,
         StageViewReady: _got_stage_view,
+        StepCompared: _got_step_compared,
+        RunsCompared: _got_runs_compared,
         TreeChanged: _got_tree,
         StateChanged: _got_state,
         EngineReady: _got_engine_ready,
@@ -424,7 +455,7 @@ class LabScreen(Screen[None]):
             return None
         if action in ("cursor", "cursor_home") and not self.shown_steps():
             return None
-        if action in ("choose", "candidate", "stage_view") and self.effective_cursor() is None:
+        if action in ("choose", "candidate", "stage_view", "compare") and self.effective_cursor() is None:
             return None
         if action == "rollouts" and self.rollout_progress is None and self.effective_cursor() is None:
             return None  # (while rollouts run, R cancels them)
@@ -823,6 +854,29 @@ class LabScreen(Screen[None]):
             self.notify("pause on a step of the live run to see its stages", severity="warning")
             return
         self.controller.send(ShowStages(cursor))
+
+    def action_compare(self) -> None:
+        cursor = self.effective_cursor()
+        if cursor is None or self.viewing is not None:
+            self.notify("pause on a step of the live run to compare knob sets on it", severity="warning")
+            return
+        self._compare_with(cursor, None)
+
+    def _compare_with(self, index: int, preset: int | None) -> None:
+        """Ask for step `index` under the current knobs and preset number `preset` (None: the first that differs)."""
+        from tokenlab.presets import PresetError, list_presets, load_preset
+
+        try:
+            names = list(list_presets())
+            sets = [load_preset(name) for name in names]
+        except (PresetError, OSError) as exc:
+            self.notify(str(exc), severity="error", timeout=8, markup=False)
+            return
+        if preset is None:
+            preset = next((i for i, params in enumerate(sets) if params != self.params), 0)
+        preset %= len(names)
+        self._compare_preset = preset
+        self.controller.send(CompareStep(index, sets[preset], names[preset]))
 
     def action_presets(self) -> None:
         from tokenlab.presets import PresetError, list_presets, load_preset, save_preset
