@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenlab.sampling import filters, history, mirostat, watermark  # noqa: F401  (they register stages)
+from tokenlab.sampling import constraint, filters, history, mirostat, watermark  # noqa: F401  (they register stages)
 from tokenlab.sampling._validate import check_bias, check_float, check_int, check_token_id
+from tokenlab.sampling.constraint import check_constraint
 from tokenlab.sampling.history import check_breakers
 from tokenlab.sampling.mirostat import check_mirostat
 from tokenlab.sampling.stages import STAGES, check_schedule
@@ -266,6 +267,13 @@ class SamplerParams:
     """Added to the logits of the green tokens; 0 turns the watermark off."""
     watermark_scheme: str = "lefthash"
     """"lefthash" (the previous token picks the list) or "selfhash" (see sampling/watermark.py)."""
+    # -- hard constraints: source text, not knobs (the grammar stage; see sampling/constraint.py) ---
+    grammar: str | None = None
+    """A GBNF grammar the whole generated text must follow; None is no grammar."""
+    regex: str | None = None
+    """A regular expression the whole generated text must match; None is none."""
+    json_schema: str | None = None
+    """A JSON schema (its JSON text) the generated text must be an instance of; None is none."""
 
     def __post_init__(self) -> None:
         checked: dict[str, object] = {
@@ -280,6 +288,9 @@ class SamplerParams:
             watermark_key=check_watermark_key(self.watermark_key),
             watermark_gamma=check_gamma(self.watermark_gamma),
             watermark_scheme=check_scheme(self.watermark_scheme),
+        )
+        checked["grammar"], checked["regex"], checked["json_schema"] = check_constraint(
+            self.grammar, self.regex, self.json_schema
         )
         end, steps, curve = check_schedule(
             checked["temperature"],  # type: ignore[arg-type]

@@ -1,0 +1,217 @@
+"""Hard constraints: the grammar stage, llama.cpp's grammar sampler behind it, regex and JSON schema grammars.
+
+The differential test drives llama.cpp's own grammar sampler by hand (a `llama_token_data_array` of the
+real logits, `llama_sampler_apply`, `llama_sampler_accept`) next to tokenlab's pipeline over several
+steps of a real generation and compares the survivors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import re
+
+import numpy as np
+import pytest
+
+from tokenlab.engine import Engine
+from tokenlab.engine.grammar import GrammarConstraint, GrammarError, regex_to_gbnf
+from tokenlab.lab import Generation
+from tokenlab.lab.session import Session, step_from_json, step_to_json
+from tokenlab.sampling import Pipeline, SamplerParams
+from tokenlab.sampling.constraint import AllowedTokens
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+DIGITS_GBNF = 'root ::= [0-9] [0-9] [0-9] ("." [0-9] [0-9])?\n'
+"""A small grammar with a choice in it: three digits, then optionally a dot and two more."""
+
+PERMISSIVE = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "temperature": 1.0}
+
+
+# -- the stage on hand-made rows ----------------------------------------------------------------------
+
+
+def test_grammar_stage_keeps_exactly_the_allowed_tokens_and_says_who_removed_the_rest() -> None:
+    logits = np.array([3.0, 2.0, 1.0, 0.0, -1.0], dtype=np.float32)
+    original = logits.copy()
+    params = SamplerParams(grammar='root ::= "x"', **PERMISSIVE)
+    result = Pipeline(params).run(logits, constraint=AllowedTokens([1, 3], n_vocab=5))
+    np.testing.assert_array_equal(logits, original)  # never mutated
+    assert [report.name for report in result.stages] == ["grammar"]
+    assert result.stages[0].n_kept == 2
+    probs = result.dense_probs()
+    expected = np.exp([2.0, 0.0]) / np.exp([2.0, 0.0]).sum()
+    np.testing.assert_allclose(probs[[1, 3]], expected)
+    assert probs[[0, 2, 4]].tolist() == [0.0, 0.0, 0.0]
+    assert result.removed_by_many([0, 1, 2, 3, 4]) == ["grammar", None, "grammar", None, "grammar"]
+
+
+def test_grammar_runs_before_the_ordered_stages_so_top_k_keeps_allowed_tokens() -> None:
+    logits = np.arange(10, dtype=np.float32)[::-1].copy()  # token 0 most likely
+    params = SamplerParams(grammar='root ::= "x"', top_k=2, top_p=1.0, min_p=0.0)
+    result = Pipeline(params).run(logits, constraint=AllowedTokens([5, 7, 9], n_vocab=10))
+    assert sorted(result.final_ids.tolist()) == [5, 7]
+    assert result.removed_by(9) == "top_k"
+    assert result.removed_by(0) == "grammar"
+
+
+def test_uniform_fallback_respects_the_grammar() -> None:
+    logits = np.full(6, -np.inf, dtype=np.float32)
+    params = SamplerParams(grammar='root ::= "x"', ban=(2,))
+    result = Pipeline(params).run(logits, constraint=AllowedTokens([2, 4, 5], n_vocab=6))
+    assert result.uniform_fallback
+    assert sorted(result.final_ids.tolist()) == [4, 5]
+    assert result.removed_by(2) == "ban"
+    assert result.removed_by(0) == "grammar"
+
+
+def test_a_grammar_without_a_constraint_object_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="constraint object"):
+        Pipeline(SamplerParams(regex="[0-9]+")).run(np.zeros(4, dtype=np.float32))
+
+
+def test_params_hold_one_constraint_and_round_trip() -> None:
+    params = SamplerParams(json_schema='{"type": "object"}')
+    assert SamplerParams.from_dict(params.to_dict()) == params
+    with pytest.raises(ValueError, match="only one constraint"):
+        SamplerParams(grammar='root ::= "a"', regex="a")
+    with pytest.raises(ValueError, match="regex is empty"):
+        SamplerParams(regex="  ")
+
+
+# -- regex to GBNF ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern, problem", [
+    ("(?i)abc", "inline flag"),
+    ("a(?=b)", "lookahead"),
+    (r"(a)\1", "back-reference"),
+    ("a\\bb", "anchor or word boundary"),
+    ("(", "not a valid regular expression"),
+])
+def test_regex_outside_the_grammar_subset_is_one_clear_line(pattern: str, problem: str) -> None:
+    with pytest.raises(GrammarError, match=re.escape(problem)) as caught:
+        regex_to_gbnf(pattern)
+    assert "\n" not in str(caught.value)
+
+
+def test_regex_grammar_accepts_exactly_the_regex_language(engine: Engine) -> None:
+    """Walk single-character tokens through the grammar and compare with Python's re.fullmatch."""
+    pattern = r"(ab|c)[0-9]{2,3}\.?x*"
+    grammar = GrammarConstraint(engine, "regex", pattern)
+    alphabet = "abc0123.x9-"
+    ids = {char: engine.find_token(char) for char in alphabet}
+    # every string up to length 6 over the alphabet that is a prefix of a match must be walkable
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        text = "".join(rng.choice(list(alphabet), size=int(rng.integers(1, 8))))
+        accepted = ""
+        for char in text:
+            if not grammar.at([ids[c] for c in accepted]).allows(ids[char]):
+                break
+            accepted += char
+        complete = grammar.at([ids[c] for c in accepted]).allows(engine.eos_id)
+        assert complete == bool(re.fullmatch(pattern, accepted)), accepted
+        if accepted == text:
+            continue
+        # the rejected character cannot extend any match: no string with this prefix matches
+        assert not any(re.fullmatch(pattern, accepted + text[len(accepted)] + tail)
+                       for tail in ("", "0", "00", "000", "0x", ".", ".x"))
+    grammar.close()
+
+
+# -- llama.cpp's own grammar sampler, differential ------------------------------------------------------
+
+
+def _reference_survivors(sampler: object, logits: np.ndarray) -> set[int]:
+    data = np.zeros(logits.shape[0], dtype=TOKEN_DATA)
+    data["id"] = np.arange(logits.shape[0], dtype=np.int32)
+    data["logit"] = logits
+    array = llama_cpp.llama_token_data_array(
+        data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=data.shape[0], selected=-1, sorted=False)
+    llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+    return set(np.flatnonzero(data["logit"] > -np.inf).tolist())
+
+
+def test_grammar_stage_matches_llama_cpp_grammar_sampler_over_several_steps(engine: Engine) -> None:
+    reference = llama_cpp.llama_sampler_init_grammar(engine.vocab, DIGITS_GBNF.encode(), b"root")
+    assert reference
+    prompt = engine.format_prompt("Write a number.")
+    params = SamplerParams(grammar=DIGITS_GBNF, **PERMISSIVE)
+    generation = Generation(engine, prompt, params, seed=11, max_tokens=12)
+    compared = 0
+    try:
+        while not generation.done:
+            frontier = generation.frontier()
+            ours = set(frontier.result.stages[0].kept_ids.tolist()) \
+                if frontier.result.stages[0].kept_ids is not None \
+                else set(np.flatnonzero(frontier.result.stages[0].logits > -np.inf).tolist())
+            theirs = _reference_survivors(reference, frontier.logits)
+            assert frontier.result.stages[0].name == "grammar"
+            assert ours == theirs and ours, f"step {len(generation.steps)}"
+            assert set(frontier.result.final_ids.tolist()) == theirs  # nothing else cuts here
+            step = generation.step()
+            assert step is not None
+            assert step.allowed == len(theirs)
+            llama_cpp.llama_sampler_accept(reference, step.id)
+            compared += 1
+    finally:
+        llama_cpp.llama_sampler_free(reference)
+    assert compared >= 4  # three digits and the end, at least
+    assert re.fullmatch(r"[0-9]{3}(\.[0-9]{2})?", generation.text)
+    assert generation.stop_reason == "eos"
+
+
+# -- the state follows the path ------------------------------------------------------------------------
+
+
+def test_grammar_state_is_replayed_after_a_branch_and_a_load(engine: Engine) -> None:
+    prompt = engine.format_prompt("Answer yes or no.")
+    params = SamplerParams(grammar='root ::= "yes" | "no" | "maybe"', temperature=0.0)
+    generation = Generation(engine, prompt, params, seed=1, max_tokens=8)
+    steps = list(generation.run())
+    assert generation.text in ("yes", "no", "maybe")
+    first = steps[0]
+    # greedy: the other tokens the grammar allows were removed by temperature, not by the grammar
+    other = next((c.id for c in first.top if c.removed_by != "grammar" and c.id != first.id), None)
+    assert other is not None, "the grammar lets more than one first token through"
+    generation.choose(0, other)
+    list(generation.run())
+    assert generation.text in ("yes", "no", "maybe")
+    assert generation.text != "".join(step.text for step in steps)
+    # a token the grammar rejects cannot be forced, and nothing is dropped when it is refused
+    before = generation.generated_ids
+    rejected = next(c.id for c in first.top if c.removed_by == "grammar")
+    with pytest.raises(ValueError, match="does not allow"):
+        generation.choose(0, rejected)
+    assert generation.generated_ids == before
+    # load the first branch back: the grammar replays its tokens and allows exactly its continuation
+    generation.load(steps[:1])
+    frontier = generation.frontier()
+    assert frontier.result.final_ids.shape[0] >= 1
+    for token_id in frontier.result.final_ids.tolist():
+        piece = engine.piece(token_id).decode("utf-8", errors="replace")
+        assert any(word.startswith(steps[0].text + piece) for word in ("yes", "no", "maybe")) \
+            or engine.is_eog(token_id)
+
+
+def test_constraint_travels_in_sessions(engine: Engine) -> None:
+    params = SamplerParams(regex="[0-9]{3}", temperature=0.0)
+    generation = Generation(engine, engine.format_prompt("A number:"), params, seed=0, max_tokens=6)
+    steps = list(generation.run())
+    session = Session(prompt="A number:", params=params)
+    loaded = Session.from_json(json.loads(json.dumps(session.to_json())))
+    assert loaded.params.regex == "[0-9]{3}"
+    assert [step_from_json(step_to_json(step)).allowed for step in steps] == [step.allowed for step in steps]
+    assert all(step.allowed is not None for step in steps)
+
+
+def test_rollouts_refuse_a_constraint_with_one_line(engine: Engine) -> None:
+    from tokenlab.lab.rollouts import run_rollouts
+
+    with pytest.raises(ValueError, match="rollouts do not support") as caught:
+        run_rollouts(engine, engine.tokenize("Hi"), SamplerParams(regex="a+"), n=2, length=2, seed=0)
+    assert "\n" not in str(caught.value)
