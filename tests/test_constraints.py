@@ -215,3 +215,41 @@ def test_rollouts_refuse_a_constraint_with_one_line(engine: Engine) -> None:
     with pytest.raises(ValueError, match="rollouts do not support") as caught:
         run_rollouts(engine, engine.tokenize("Hi"), SamplerParams(regex="a+"), n=2, length=2, seed=0)
     assert "\n" not in str(caught.value)
+
+
+# -- the lab --------------------------------------------------------------------------------------------
+
+
+async def test_lab_marks_a_step_the_grammar_forced(engine: Engine) -> None:
+    from tokenlab.lab.controller import LabSettings
+    from tokenlab.tui.app import TokenLabApp
+    from tokenlab.tui.widgets import CandidatesTable, TokenView
+    from tui_helpers import wait_for
+
+    params = SamplerParams(regex="[0-9]{3}-[0-9]{2}")
+    app = TokenLabApp(engine, LabSettings(prompt="Call me at", chat=False, seed=5, max_tokens=20,
+                                          autostart=True, params=params))
+    try:
+        async with app.run_test(size=(100, 32)) as pilot:
+            lab = app.lab
+            await wait_for(pilot, lambda: lab.stop_reason is not None and not lab.running)
+            text = "".join(step.text for step in lab.steps)
+            assert re.fullmatch("[0-9]{3}-[0-9]{2}", text), text
+            forced = [step.index for step in lab.steps if step.allowed == 1]
+            dash = text.index("-")
+            assert dash in forced  # after three digits only '-' may come
+            await pilot.press("home")
+            for _ in range(dash):
+                await pilot.press("right")
+            _, chosen, _ = lab.inspected()
+            assert chosen == lab.steps[dash].id
+            table = lab.query_one(CandidatesTable)
+            assert "dice: none, forced by the grammar" in table.render().plain  # type: ignore[union-attr]
+            view = lab.query_one(TokenView)
+            await pilot.press("end")
+            await pilot.pause()
+            italic = {segment.text for line in view._lines for segment in line if segment.style.italic}
+            assert "-" in italic
+            assert not any(ch.isdigit() for ch in "".join(italic))  # the digits were the model's choice
+    finally:
+        assert app.controller.stopped.wait(5)

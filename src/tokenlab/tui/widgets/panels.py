@@ -199,6 +199,8 @@ def dice_line(step: Step | None, width: int, *, survivors: int | None = None) ->
     if step.dice is None:
         if step.forced:
             reason = "none, the token was chosen (enter)"
+        elif step.allowed == 1:
+            reason = "none, forced by the grammar"  # it allowed this token only
         elif step.final_prob >= 1.0:
             reason = "none, one token was left"
         else:
@@ -227,7 +229,7 @@ STAGE_SHORT = {
     "penalties": "pen", "scaled_penalties": "scaled-pen", "no_repeat_ngram": "no-repeat",
     "dry": "dry", "top_n_sigma": "n-sigma", "top_k": "top-k", "typical_p": "typical", "top_p": "top-p",
     "min_p": "min-p", "epsilon": "epsilon", "eta": "eta", "top_a": "top-a", "xtc": "xtc",
-    "temperature": "temp", "mirostat_v2": "mirostat", "logit_bias": "bias", "ban": "ban",
+    "temperature": "temp", "mirostat_v2": "mirostat", "logit_bias": "bias", "ban": "ban", "grammar": "grammar",
 }
 """Stage names short enough for a narrow panel."""
 
