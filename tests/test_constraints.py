@@ -253,3 +253,85 @@ async def test_lab_marks_a_step_the_grammar_forced(engine: Engine) -> None:
             assert not any(ch.isdigit() for ch in "".join(italic))  # the digits were the model's choice
     finally:
         assert app.controller.stopped.wait(5)
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def test_generate_with_a_grammar_file_follows_it(model_path, tmp_path) -> None:
+    from test_cli import tokenlab
+
+    grammar = tmp_path / "answer.gbnf"
+    grammar.write_text('root ::= ("yes" | "no") "." \n', encoding="utf-8")
+    for seed in ("1", "2"):
+        result = tokenlab("generate", "Is the sky blue?", "--grammar", str(grammar), "--seed", seed,
+                          "--temperature", "1.5", "-n", "20")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.rstrip("\n") in ("yes.", "no."), result.stdout
+        assert "stop: eos" in result.stderr
+
+
+def test_generate_with_a_regex_matches_it_and_jsonl_marks_forced_steps(model_path) -> None:
+    from test_cli import tokenlab
+
+    pattern = "[0-9]{3}-[0-9]{4}"
+    result = tokenlab("generate", "Give me a phone number.", "--regex", pattern, "--seed", "4", "-n", "20")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(pattern, result.stdout.rstrip("\n")), result.stdout
+    result = tokenlab("generate", "Give me a phone number.", "--regex", pattern, "--seed", "4", "-n", "20",
+                      "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    steps, summary = records[:-1], records[-1]
+    assert re.fullmatch(pattern, summary["text"])
+    dash = next(step for step in steps if step["text"] == "-")
+    assert dash["allowed"] == 1  # after three digits the grammar allows '-' only
+    removed = {c["removed_by"] for step in steps for c in step["top"] if c["removed_by"]}
+    assert "grammar" in removed
+
+
+def test_generate_with_a_json_schema_gives_an_instance(model_path, tmp_path) -> None:
+    from test_cli import tokenlab
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"},
+                                               "capital": {"type": "boolean"}},
+              "required": ["city", "population", "capital"]}
+    path = tmp_path / "city.json"
+    path.write_text(json.dumps(schema), encoding="utf-8")
+    result = tokenlab("generate", "Describe a city as JSON.", "--json-schema", str(path), "--seed", "3", "-n", "120")
+    assert result.returncode == 0, result.stderr
+    assert "stop: eos" in result.stderr  # the object was closed, not cut off
+    value = json.loads(result.stdout)
+    assert set(value) >= {"city", "population", "capital"}
+    assert isinstance(value["city"], str)
+    assert isinstance(value["population"], int) and not isinstance(value["population"], bool)
+    assert isinstance(value["capital"], bool)
+
+
+@pytest.mark.parametrize("flag, content, fragments", [
+    ("--grammar", 'root ::= [0-9\n', ("--grammar", "does not parse", "unexpected end of input")),
+    ("--grammar", 'answer ::= "yes"\n', ("--grammar", "no 'root' rule")),
+    ("--grammar", None, ("--grammar", "No such file")),
+    ("--regex", "(ab", ("--regex", "not a valid regular expression")),
+    ("--regex", "a(?!b)", ("--regex", "cannot be expressed as a grammar")),
+    ("--json-schema", "{not json", ("--json-schema", "not valid JSON")),
+    ("--json-schema", '{"type": "integr"}', ("--json-schema", "cannot be turned into a grammar")),
+])
+def test_a_bad_constraint_is_one_line_and_exit_2(model_path, tmp_path, flag, content, fragments) -> None:
+    from test_cli import assert_one_line_error, tokenlab
+
+    if flag == "--regex":
+        value = content
+    else:
+        path = tmp_path / "constraint.txt"
+        if content is not None:
+            path.write_text(content, encoding="utf-8")
+        value = str(path)
+    assert_one_line_error(tokenlab("generate", "Hi", flag, value, "-n", "3"), *fragments)
+
+
+def test_two_constraints_and_rollouts_with_one_are_refused(model_path) -> None:
+    from test_cli import assert_one_line_error, tokenlab
+
+    assert_one_line_error(tokenlab("generate", "Hi", "--regex", "a", "--grammar", "g.gbnf"), "--grammar and --regex")
+    assert_one_line_error(tokenlab("rollouts", "Hi", "--regex", "a+"), "rollouts do not support")

@@ -374,6 +374,7 @@ def test_forwarded_flags_round_trip_through_the_lab_command(monkeypatch) -> None
         ban=["#7"], samplers="top_k,temperature", preset="creative", top_n=7, ctx_size=512, threads=1,
         gpu_layers=-1, watermark_key=5, watermark_gamma=0.3, watermark_delta=1.5, watermark_scheme="selfhash",
         engine="http://127.0.0.1:9", logprobs=50, engine_timeout=5.0,
+        grammar="g.gbnf", regex="[0-9]{3}", json_schema="s.json",
     )
     assert all(getattr(changed, name) != getattr(RunOptions(), name) for name in RunOptions.__dataclass_fields__), \
         "the test must change every shared flag"

@@ -159,6 +159,11 @@ class RunOptions:
     watermark_scheme: str = _SAMPLER_DEFAULTS.watermark_scheme
     logit_bias: list[str] = field(default_factory=list)
     ban: list[str] = field(default_factory=list)
+    grammar: str | None = None
+    """A GBNF file's path (its text goes into SamplerParams.grammar)."""
+    regex: str | None = None
+    json_schema: str | None = None
+    """A JSON schema file's path (its text goes into SamplerParams.json_schema)."""
     samplers: str | None = None
     preset: str | None = None
     top_n: int = 20
@@ -221,6 +226,9 @@ _SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
     "watermark_gamma": (float, typer.Option("--watermark-gamma", help="Watermark: fraction of the vocabulary in each green list.", rich_help_panel="Watermark")),
     "watermark_delta": (float, typer.Option("--watermark-delta", help="Watermark: added to the green tokens' logits; 0 = off.", rich_help_panel="Watermark")),
     "watermark_scheme": (str, typer.Option("--watermark-scheme", help="Watermark green lists: lefthash (the previous token) or selfhash (4 tokens, salted with the candidate).", rich_help_panel="Watermark")),
+    "grammar": (Optional[str], typer.Option("--grammar", help="GBNF grammar FILE the whole output must follow (llama.cpp's grammar sampler); tokens it rejects are removed by 'grammar'.", rich_help_panel="Constraints")),
+    "regex": (Optional[str], typer.Option("--regex", help="Regular expression the whole output must match (literals, classes, ., groups, |, repetition; turned into a grammar), e.g. '[0-9]{3}-[0-9]{4}'.", rich_help_panel="Constraints")),
+    "json_schema": (Optional[str], typer.Option("--json-schema", help="JSON schema FILE: the output is an instance of it (turned into a grammar as llama.cpp does).", rich_help_panel="Constraints")),
     "top_n": (int, typer.Option("--top-n", help="Candidates recorded per step.", rich_help_panel="Output")),
 }
 
@@ -336,6 +344,7 @@ def base_params(opts: RunOptions) -> Any:
                 f"or name an order preset: {', '.join(ORDER_PRESETS)}"
             )
         changes["samplers"] = ORDER_PRESETS[order] if order in ORDER_PRESETS else parse_samplers(order)
+    changes.update(constraint_texts(opts))
     params = base.replace(**changes) if changes else base
     if params.watermark_key is not None and "watermark" not in params.samplers:
         raise UserError("--watermark-key needs the watermark stage, which this --samplers order leaves out: "
@@ -345,6 +354,40 @@ def base_params(opts: RunOptions) -> Any:
             "--mirostat 2 has no effect: the --samplers list lacks mirostat_v2; add it, or use --samplers mirostat"
         )
     return params
+
+
+CONSTRAINT_FLAGS = {"grammar": "--grammar", "regex": "--regex", "json_schema": "--json-schema"}
+"""The constraint flags, by RunOptions field (a field of SamplerParams of the same name)."""
+
+
+def read_constraint_file(flag: str, path: str, what: str) -> str:
+    """The UTF-8 text of a constraint file; UserError naming the flag when it cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: {exc.strerror or exc}; give the path of {what}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {path} is not UTF-8 text; give {what}") from None
+    if not text.strip():
+        raise UserError(f"{flag} {path} is empty; give {what}")
+    return text
+
+
+def constraint_texts(opts: RunOptions) -> dict[str, str]:
+    """The SamplerParams constraint field set by --grammar, --regex or --json-schema (at most one), with its text."""
+    given = [name for name in CONSTRAINT_FLAGS if getattr(opts, name) is not None]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(CONSTRAINT_FLAGS[name] for name in given)} both constrain the output; give one")
+    if not given:
+        return {}
+    name = given[0]
+    value = getattr(opts, name)
+    if name == "regex":
+        if not value:
+            raise UserError("--regex is empty; give a pattern, e.g. --regex '[0-9]{3}-[0-9]{4}'")
+        return {"regex": value}
+    what = "a GBNF grammar file" if name == "grammar" else "a JSON schema file"
+    return {name: read_constraint_file(CONSTRAINT_FLAGS[name], value, what)}
 
 
 def sampler_params(opts: RunOptions, engine: Any = None) -> Any:
@@ -386,7 +429,14 @@ def check_options(opts: RunOptions) -> None:
         remote_options(opts)
     # validate the numeric knobs now, so a bad flag fails fast, before loading a model
     check = RunOptions(**{**opts.__dict__, "logit_bias": [], "ban": []})
-    sampler_params(check)
+    params = sampler_params(check)
+    from tokenlab.sampling.constraint import constraint_of
+
+    constraint = constraint_of(params)
+    if constraint is not None and constraint[0] != "grammar":
+        from tokenlab.engine.grammar import gbnf_for
+
+        gbnf_for(*constraint)  # a regex or schema that cannot become a grammar fails before the model loads
 
 
 def remote_options(opts: RunOptions) -> Any:
@@ -617,6 +667,8 @@ def rollouts(
 
     if not 1 <= count <= MAX_ROLLOUTS:
         raise UserError(f"-n/--count must be in 1..{MAX_ROLLOUTS:,}, got {count}")
+    if any(getattr(opts, name) is not None for name in CONSTRAINT_FLAGS):
+        raise UserError("rollouts do not support --grammar, --regex or --json-schema yet; leave the constraint out")
     if not 1 <= length <= opts.ctx_size:
         raise UserError(f"--length must be in 1..{opts.ctx_size} (the --ctx-size), got {length}")
     engine, tokens, params = prepare_run(prompt, opts, example="tokenlab rollouts 'The capital of France is' -n 64")
@@ -689,6 +741,9 @@ def serve(
     if opts.engine is None:
         path = resolve_model(opts.model)  # pull it now, with progress, not inside a browser tab
         opts.model = str(path)
+    for name in ("grammar", "json_schema"):  # the labs may start elsewhere: name the files absolutely
+        if getattr(opts, name) is not None:
+            setattr(opts, name, str(Path(getattr(opts, name)).resolve()))
     root = files_dir.resolve()
     command = shlex.join([sys.executable, "-m", "tokenlab", "lab", prompt or DEFAULT_LAB_PROMPT,
                           *forwarded_flags(opts), f"--files-dir={root}"])
