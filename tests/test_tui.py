@@ -579,7 +579,7 @@ def test_an_unexpected_error_exits_non_zero_with_one_line_and_keeps_the_autosave
         finished_engine, tmp_path, monkeypatch, capsys) -> None:
     import typer
 
-    from tokenlab.cli import run_app
+    from tokenlab.commands.lab import run_app
     from tokenlab.lab.session import autosave_path, load
 
     monkeypatch.setenv("TOKENLAB_DATA", str(tmp_path / "data"))

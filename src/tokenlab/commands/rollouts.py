@@ -1,13 +1,16 @@
-"""Printing rollouts: rich tables (the empirical check, continuations by first token) or JSON lines."""
+"""`tokenlab rollouts`: N continuations in one batch, printed as rich tables or JSON lines."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
+import secrets
 from collections.abc import Callable, Iterator
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
+
+import typer
 
 from rich import box
 from rich.console import Console
@@ -15,7 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from tokenlab.commands.common import OutputFormat, err_console
+from tokenlab.commands.options import RunOptions, distribution_json, prepare_run, with_run_options
 from tokenlab.engine.text import visible
+from tokenlab.errors import UserError
 from tokenlab.lab.rollouts import CHECK_ALPHA, EmpiricalCheck, RolloutResult
 from tokenlab.render import heat_color, prob_heat
 
@@ -218,3 +224,43 @@ __all__ = [
     "print_rollouts",
     "progress_bar",
 ]
+
+
+MAX_ROLLOUTS = 100_000
+"""Most continuations one rollouts command samples."""
+
+
+@with_run_options(exclude=("max_tokens",))
+def rollouts(
+    prompt: Annotated[str, typer.Argument(help="Prompt to sample continuations of ('-' reads standard input).", show_default=False)],
+    *,
+    count: Annotated[int, typer.Option("-n", "--count", help="How many continuations to sample.", rich_help_panel="Rollouts")] = 64,
+    length: Annotated[int, typer.Option("--length", "-L", help="Tokens per continuation.", rich_help_panel="Rollouts")] = 16,
+    output_format: Annotated[OutputFormat, typer.Option("--format", "-f", help="text (tables) or jsonl (one object per distinct continuation, then a summary).", rich_help_panel="Output")] = OutputFormat.text,
+    opts: RunOptions,
+) -> None:
+    """Sample N continuations of PROMPT in one batch and check them against the sampler's promise.
+
+    Prints the distinct continuations grouped by first token, with counts and probabilities, and the
+    empirical check: the observed frequency of each first token next to the probability the pipeline
+    predicted, with a chi-square goodness-of-fit p-value.
+    """
+    from tokenlab.lab.rollouts import run_rollouts
+
+    if not 1 <= count <= MAX_ROLLOUTS:
+        raise UserError(f"-n/--count must be in 1..{MAX_ROLLOUTS:,}, got {count}")
+    if any(getattr(opts, name) is not None for name in ("grammar", "regex", "json_schema")):
+        raise UserError("rollouts do not support --grammar, --regex or --json-schema yet; leave the constraint out")
+    if not 1 <= length <= opts.ctx_size:
+        raise UserError(f"--length must be in 1..{opts.ctx_size} (the --ctx-size), got {length}")
+    engine, tokens, params = prepare_run(prompt, opts, example="tokenlab rollouts 'The capital of France is' -n 64")
+    seed = opts.seed if opts.seed is not None else secrets.randbits(32)
+    with progress_bar(err_console) as progress:
+        result = run_rollouts(engine, tokens, params, n=count, length=length, seed=seed, top_n=opts.top_n,
+                              progress=progress)
+    print_rollouts(result, Console(highlight=False), output_format.value,
+                   extra={"model": engine.name, "seed": seed, **distribution_json(engine)})
+    if getattr(engine, "remote", False):
+        err_console.print(f"[dim]{engine.distribution_note}; {engine.decode_calls} completion requests "
+                          "(one per sequence and token: a server has no shared batch here)[/]", markup=True,
+                          soft_wrap=True)
