@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from tokenlab.engine import Engine
 from tokenlab.engine.grammar import GrammarConstraint, GrammarError, regex_to_gbnf
@@ -20,6 +24,8 @@ from tokenlab.lab import Generation
 from tokenlab.lab.session import Session, step_from_json, step_to_json
 from tokenlab.sampling import Pipeline, SamplerParams
 from tokenlab.sampling.constraint import AllowedTokens
+from test_sampling_properties import logits_rows
+from test_sampling_properties import sampler_params as random_params
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -66,6 +72,22 @@ def test_uniform_fallback_respects_the_grammar() -> None:
     assert sorted(result.final_ids.tolist()) == [4, 5]
     assert result.removed_by(2) == "ban"
     assert result.removed_by(0) == "grammar"
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_grammar_stage_properties_finite_normalised_within_the_mask_no_mutation(data: st.DataObject) -> None:
+    logits = data.draw(logits_rows())
+    n_vocab = logits.shape[0]
+    mask = data.draw(hnp.arrays(bool, n_vocab))
+    params = data.draw(random_params(n_vocab)).replace(grammar='root ::= "x"')
+    original = logits.copy()
+    result = Pipeline(params).run(logits, list(range(min(n_vocab, 8))), constraint=AllowedTokens(mask))
+    probs = result.dense_probs()
+    np.testing.assert_array_equal(logits.view(np.uint8), original.view(np.uint8))  # untouched, NaNs too
+    assert np.isfinite(probs).all() and math.isclose(probs.sum(), 1.0, rel_tol=1e-9)
+    if mask.any():
+        assert not probs[~mask].any()  # the constraint holds whatever else the row and the knobs do
 
 
 def test_a_grammar_without_a_constraint_object_is_a_clear_error() -> None:
@@ -335,3 +357,13 @@ def test_two_constraints_and_rollouts_with_one_are_refused(model_path) -> None:
 
     assert_one_line_error(tokenlab("generate", "Hi", "--regex", "a", "--grammar", "g.gbnf"), "--grammar and --regex")
     assert_one_line_error(tokenlab("rollouts", "Hi", "--regex", "a+"), "rollouts do not support")
+
+
+def test_presets_keep_knobs_not_constraints(tmp_path) -> None:
+    from tokenlab.presets import load_preset, save_preset
+
+    path = tmp_path / "presets.toml"
+    save_preset("mine", SamplerParams(temperature=1.3, regex="[0-9]+"), path)
+    loaded = load_preset("mine", path)
+    assert loaded.temperature == 1.3 and loaded.regex is None
+    assert "[0-9]" not in path.read_text(encoding="utf-8")
