@@ -187,6 +187,34 @@ def test_grammar_stage_matches_llama_cpp_grammar_sampler_over_several_steps(engi
     assert generation.stop_reason == "eos"
 
 
+@pytest.mark.parametrize("kind, text", [
+    ("json_schema", '{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}'),
+    ("grammar", 'root ::= "é" [à-ü]+ "日本"?\n'),  # characters of two and three UTF-8 bytes
+    ("regex", r"\w+ [0-9]"),  # a loose one: a third of the vocabulary allowed
+])
+def test_step_masks_equal_llama_cpp_over_the_whole_vocabulary(engine: Engine, kind: str, text: str) -> None:
+    """The mask (which skips tokens whose first byte the grammar rejects) equals llama.cpp's full pass."""
+    grammar = GrammarConstraint(engine, kind, text)
+    reference = llama_cpp.llama_sampler_init_grammar(engine.vocab, grammar.gbnf.encode(), b"root")
+    rng = np.random.default_rng(1)
+    prefix: list[int] = []
+    try:
+        for _ in range(10):
+            mask = grammar.at(prefix).allowed(engine.n_vocab)
+            theirs = _reference_survivors(reference, np.zeros(engine.n_vocab, dtype=np.float32))
+            assert set(np.flatnonzero(mask).tolist()) == theirs, engine.detokenize(prefix)
+            choices = [i for i in theirs if not engine.is_eog(i)]
+            if not choices:
+                break
+            token_id = int(rng.choice(choices))
+            prefix.append(token_id)
+            llama_cpp.llama_sampler_accept(reference, token_id)
+    finally:
+        llama_cpp.llama_sampler_free(reference)
+        grammar.close()
+    assert len(prefix) >= 3
+
+
 # -- the state follows the path ------------------------------------------------------------------------
 
 

@@ -13,6 +13,12 @@ Every constraint becomes a GBNF grammar and runs on `llama_sampler_init_grammar`
 (the sampling pipeline's `TokenConstraint`), replaying only the tokens the grammar has not accepted yet,
 and rebuilding the grammar's state from scratch when the path changed (a branch, a chosen token, a
 loaded session).
+
+A step's mask is exact and costs less than running the grammar over the whole vocabulary: what a
+grammar accepts is closed under prefixes (a token is accepted only if its first byte is, llama.cpp
+matching an incomplete UTF-8 character against the code points it can still become), so the grammar
+first judges the 256 single-byte tokens, and then only the tokens whose first byte it accepted, plus
+every token it judges apart from its text (end-of-generation and empty pieces).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import re
 import sys
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -250,6 +257,56 @@ def _parse_problem(gbnf: str, printed: str) -> str:
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
+_ALWAYS = -1
+"""First-byte class of the tokens the grammar always judges itself (end of generation, empty piece)."""
+
+
+class _ByteIndex:
+    """For one vocabulary: each token's first byte, and a token spelled by each single byte."""
+
+    def __init__(self, engine: Any) -> None:
+        n_vocab = int(engine.n_vocab)
+        first = np.full(n_vocab, _ALWAYS, dtype=np.int16)
+        single = np.full(256, -1, dtype=np.int64)
+        for token_id in range(n_vocab):
+            piece = engine.piece(token_id)
+            if not piece or engine.is_eog(token_id):
+                continue
+            first[token_id] = piece[0]
+            if len(piece) == 1 and single[piece[0]] < 0:
+                single[piece[0]] = token_id
+        # a byte no single token spells cannot be asked about: its tokens are always judged in full
+        unknown = np.flatnonzero(single < 0)
+        first[np.isin(first, unknown)] = _ALWAYS
+        self.first_byte = first
+        self.byte_bytes = np.flatnonzero(single >= 0)
+        """The byte values a single token spells."""
+        self.byte_tokens = single[self.byte_bytes].astype(np.int32)
+        """The token spelling each of `byte_bytes`."""
+        self.always = np.flatnonzero(first == _ALWAYS).astype(np.int32)
+        order = np.argsort(first, kind="stable")
+        self._order = order.astype(np.int32)
+        self._starts = np.searchsorted(first[order], np.arange(-1, 257))
+
+    def tokens_starting_with(self, byte_values: np.ndarray) -> np.ndarray:
+        """Ids of the tokens whose first byte is one of `byte_values`, plus those always judged in full."""
+        parts = [self.always]
+        for value in byte_values.tolist():
+            start, stop = self._starts[value + 1], self._starts[value + 2]
+            parts.append(self._order[start:stop])
+        return np.concatenate(parts)
+
+
+_BYTE_INDEXES: weakref.WeakKeyDictionary[Any, _ByteIndex] = weakref.WeakKeyDictionary()
+
+
+def _byte_index(engine: Any) -> _ByteIndex:
+    """The engine's byte index (built once per engine: it reads every token's piece)."""
+    index = _BYTE_INDEXES.get(engine)
+    if index is None:
+        index = _BYTE_INDEXES[engine] = _ByteIndex(engine)
+    return index
+
 
 class GrammarConstraint:
     """A GBNF grammar on llama.cpp's grammar sampler, for one engine's vocabulary, following a token path."""
@@ -275,8 +332,7 @@ class GrammarConstraint:
             raise GrammarError(f"{flag}: {what} does not parse: {problem}")
         self._sampler = sampler
         self._accepted: list[int] = []
-        self._buffer = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
-        self._all_ids = np.arange(self.n_vocab, dtype=np.int32)
+        self._bytes = _byte_index(engine)
         self._single = np.zeros(1, dtype=_TOKEN_DATA)
         self._masks: dict[tuple[int, ...], np.ndarray] = {}
 
@@ -325,9 +381,17 @@ class GrammarConstraint:
         mask = self._masks.get(key)
         if mask is None:
             self.sync(key)
-            self._buffer["id"] = self._all_ids
-            self._buffer["logit"] = 0.0
-            mask = self._apply(self._buffer)
+            index = self._bytes
+            probe = np.zeros(index.byte_tokens.shape[0], dtype=_TOKEN_DATA)
+            probe["id"] = index.byte_tokens
+            first_bytes = index.byte_bytes[self._apply(probe)]
+            ids = index.tokens_starting_with(first_bytes)
+            if ids.shape[0] > self.n_vocab // 2:  # a loose grammar: in id order, the way llama.cpp walks it
+                ids = np.arange(self.n_vocab, dtype=np.int32)
+            data = np.zeros(ids.shape[0], dtype=_TOKEN_DATA)
+            data["id"] = ids
+            mask = np.zeros(self.n_vocab, dtype=bool)
+            mask[ids[self._apply(data)]] = True
             mask.flags.writeable = False
             if len(self._masks) >= 8:  # the frontier and a few inspected steps; never the whole history
                 self._masks.pop(next(iter(self._masks)))
