@@ -301,6 +301,25 @@ async def test_lab_marks_a_step_the_grammar_forced(engine: Engine) -> None:
             italic = {segment.text for line in view._lines for segment in line if segment.style.italic}
             assert "-" in italic
             assert not any(ch.isdigit() for ch in "".join(italic))  # the digits were the model's choice
+            await pilot.press("R")  # rollouts refuse a constraint in one line; the lab goes on
+            await wait_for(pilot, lambda: any("rollouts do not support" in str(n.message)
+                                              for n in app._notifications))
+            assert "".join(step.text for step in lab.steps) == text
+    finally:
+        assert app.controller.stopped.wait(5)
+
+
+async def test_lab_reports_a_grammar_that_does_not_parse(engine: Engine) -> None:
+    from tokenlab.lab.controller import LabSettings
+    from tokenlab.tui.app import TokenLabApp
+    from tui_helpers import wait_for
+
+    app = TokenLabApp(engine, LabSettings(prompt="Hi", chat=False, seed=5, max_tokens=5, autostart=True,
+                                          params=SamplerParams(grammar="root ::= [0-9\n")))
+    try:
+        async with app.run_test(size=(100, 32)) as pilot:
+            await wait_for(pilot, lambda: any("does not parse" in str(n.message) for n in app._notifications))
+            assert app.lab.steps == [] and app.is_running
     finally:
         assert app.controller.stopped.wait(5)
 
