@@ -545,6 +545,13 @@ async def test_autosave_on_exit_and_exports_from_the_lab(finished_engine, tmp_pa
                         or "out.html" in str(n.message)]
         assert len(export_notes) == 2  # an export cannot be loaded: the note must not suggest --load
         assert all("--load" not in note and "exported to" in note for note in export_notes)
+        await pilot.press("s")  # a suffix no format has: one error naming the valid ones, nothing written
+        await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+        app.screen.query_one(Input).value = str(tmp_path / "notes.txt")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any("'.txt'" in str(n.message) for n in app._notifications))
+        assert not (tmp_path / "notes.txt").exists()
+        assert any(".json (the session)" in str(n.message) and n.severity == "error" for n in app._notifications)
     assert app.controller.stopped.wait(5)
     restored = load(autosave_path())
     assert list(restored.current) == shown and restored.tree.runs == 1

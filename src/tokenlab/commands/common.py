@@ -21,7 +21,7 @@ def print_error(message: str) -> None:
 
     The message may quote a file name, a token or model metadata: never markup, never terminal commands.
     """
-    from tokenlab.engine.text import terminal_safe
+    from tokenlab.render import terminal_safe
 
     err_console.print(f"[bold red]error:[/] {escape(terminal_safe(message))}", markup=True, soft_wrap=True)
 

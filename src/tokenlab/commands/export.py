@@ -11,24 +11,20 @@ import typer
 
 from tokenlab.commands.common import err_console, user_errors
 from tokenlab.errors import UserError
+from tokenlab.export import EXPORT_CHOICES, EXPORT_FORMATS
 
-
-class ExportFormat(str, Enum):
-    """What export writes."""
-
-    md = "md"
-    html = "html"
-
+ExportFormat = Enum("ExportFormat", {name: name for name in EXPORT_CHOICES}, type=str)  # type: ignore[misc]
+"""What export writes: the formats of tokenlab.export that render a saved session (md, html)."""
+EXPORT_HELP = " or ".join(f"{name} ({EXPORT_FORMATS[name].description})" for name in EXPORT_CHOICES) + "."
 
 
 def export(
     session_file: Annotated[Path, typer.Argument(help="A session saved in the lab (s) or autosaved.", show_default=False)],
     *,
-    output_format: Annotated[ExportFormat, typer.Option("--format", "-f", help="md (text and per-token probabilities) or html (a standalone heat-coloured page with hover tables).")] = ExportFormat.html,
+    output_format: Annotated[ExportFormat, typer.Option("--format", "-f", help=EXPORT_HELP)] = ExportFormat("html"),
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write (atomically; a symlink's target is replaced, never a directory, device or FIFO); '-' or no -o: standard output.")] = None,
 ) -> None:
     """Export the branch on screen of a saved session as Markdown or a standalone HTML page."""
-    from tokenlab.export import to_html, to_markdown
     from tokenlab.files import NotARegularFileError, write_text_atomic
     from tokenlab.lab.session import SessionError
     from tokenlab.lab.session import load as load_session
@@ -38,7 +34,7 @@ def export(
             session = load_session(session_file)
         except SessionError as exc:
             raise UserError(str(exc)) from None
-        text = to_markdown(session) if output_format is ExportFormat.md else to_html(session)
+        text = EXPORT_FORMATS[output_format.value].render(session)
         if output is None or str(output) == "-":
             sys.stdout.write(text)
             sys.stdout.flush()

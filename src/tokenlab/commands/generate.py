@@ -23,8 +23,8 @@ def generate(
     opts: RunOptions,
 ) -> None:
     """Generate text from PROMPT with the sampler knobs, streaming it to stdout."""
-    from tokenlab.engine.text import terminal_safe
     from tokenlab.lab import Generation
+    from tokenlab.render import terminal_safe
 
     engine, tokens, params = prepare_run(prompt, opts, example="tokenlab generate 'Once upon a time'")
     seed = opts.seed if opts.seed is not None else secrets.randbits(32)

@@ -30,9 +30,8 @@ def inspect_command(
     opts: RunOptions,
 ) -> None:
     """Show the next-token distribution after PROMPT: the top candidates and what each stage kept."""
-    from tokenlab.engine.text import visible
     from tokenlab.lab import Generation
-    from tokenlab.render import candidates_table
+    from tokenlab.render import candidates_table, visible
 
     engine, tokens, params = prepare_run(prompt, opts, example="tokenlab inspect 'The capital of France is'")
     generation = Generation(engine, tokens, params, seed=0, top_n=opts.top_n)

@@ -46,9 +46,9 @@ def score(
     """Score an existing text: the probability, rank and entropy the model gives each of its tokens."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from tokenlab.engine.text import terminal_safe
     from tokenlab.lab.score import RANK_BUCKETS, WatermarkTest, file_text, score_text
-    from tokenlab.render import detectgpt_text, heat_color, prob_heat, watermark_colour, watermark_legend, watermark_line
+    from tokenlab.render import (detectgpt_text, heat_color, prob_heat, terminal_safe, watermark_colour,
+                                 watermark_legend, watermark_line)
 
     with user_errors():
         if not 0 <= top_n <= MAX_TOP_N:

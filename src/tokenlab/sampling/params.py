@@ -12,7 +12,7 @@ from typing import Any
 from tokenlab.sampling import constraint, filters, history, mirostat, watermark  # noqa: F401  (they register stages)
 from tokenlab.sampling._validate import check_bias, check_token_id
 from tokenlab.sampling.constraint import check_constraint
-from tokenlab.sampling.declare import FieldRange, declared, knob
+from tokenlab.sampling.declare import KNOB_METADATA, FieldRange, declared, knob
 from tokenlab.sampling.history import check_breakers
 from tokenlab.sampling.mirostat import check_mirostat
 from tokenlab.sampling.stages import STAGES, check_schedule
@@ -445,3 +445,46 @@ class SamplerParams:
 
 FIELD_RANGES.update({item.name: declaration.range for item, declaration in declared(SamplerParams)
                      if declaration.range is not None})
+
+
+def _field_names() -> dict[str, str]:
+    names: dict[str, str] = {}
+    for item, declaration in declared(SamplerParams):
+        for name in (item.name, declaration.flag, *declaration.aliases):
+            names[name.lstrip("-").replace("-", "_").lower()] = item.name
+    return names
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """("field", value) from "NAME=VALUE" (NAME: a field, its flag or an alias; VALUE: "off" for None).
+
+    Only fields whose flag takes the value itself are accepted (not token names, e.g. --logit-bias).
+    """
+    name, sep, value_text = text.partition("=")
+    key = name.strip().lstrip("-").replace("-", "_").lower()
+    if not sep or not key:
+        raise ValueError(f"{text!r}: expected KNOB=VALUE, e.g. temperature=1.5 or top-k=0")
+    field_name = _field_names().get(key)
+    if field_name is None:
+        raise ValueError(f"{name.strip()!r} is not a sampler knob; knobs are named like their flags, "
+                         "e.g. temperature, top-k, min-p, repeat-penalty")
+    item = next(item for item, _ in declared(SamplerParams) if item.name == field_name)
+    declaration = item.metadata[KNOB_METADATA]
+    value_text = value_text.strip()
+    if field_name == "samplers":
+        return field_name, parse_samplers(value_text)
+    if declaration.cli_type is not None:
+        raise ValueError(f"{name.strip()!r} takes token text on the command line ({declaration.flag}); "
+                         "set it with a preset instead")
+    default = getattr(SamplerParams(), field_name)
+    if value_text.lower() in ("off", "none") and (declaration.range is None or declaration.range.optional
+                                                   or default is None):
+        return field_name, None
+    if isinstance(default, str):
+        return field_name, value_text
+    try:
+        number = float(value_text)
+    except ValueError:
+        raise ValueError(f"{field_name}={value_text!r}: not a number") from None
+    return field_name, int(number) if number.is_integer() and (declaration.range is None or declaration.range.integer
+                                                               or isinstance(default, int)) else number

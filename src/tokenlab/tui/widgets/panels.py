@@ -8,11 +8,10 @@ import numpy as np
 from rich.text import Text
 from textual.widgets import Static
 
-from tokenlab.engine.text import visible
 from tokenlab.lab.controller import FrontierView
 from tokenlab.lab.knobs import KNOBS, knob_changed, knob_enabled, knob_value
 from tokenlab.lab.step import Candidate, Step
-from tokenlab.render import heat_color, prob_heat, sparkline
+from tokenlab.render import heat_color, prob_heat, sparkline, visible
 from tokenlab.sampling import Pipeline, SamplerParams
 
 TOKEN_WIDTH = 13
