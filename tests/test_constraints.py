@@ -404,6 +404,8 @@ def test_two_constraints_and_rollouts_with_one_are_refused(model_path) -> None:
 
     assert_one_line_error(tokenlab("generate", "Hi", "--regex", "a", "--grammar", "g.gbnf"), "--grammar and --regex")
     assert_one_line_error(tokenlab("rollouts", "Hi", "--regex", "a+"), "rollouts do not support")
+    assert_one_line_error(tokenlab("compare", "Hi", "--regex", "a+", "--b", "temperature=1.5"),
+                          "compare does not support")
 
 
 def test_presets_keep_knobs_not_constraints(tmp_path) -> None:
