@@ -380,6 +380,7 @@ def test_generate_with_a_json_schema_gives_an_instance(model_path, tmp_path) -> 
 @pytest.mark.parametrize("flag, content, fragments", [
     ("--grammar", 'root ::= [0-9\n', ("--grammar", "does not parse", "unexpected end of input")),
     ("--grammar", 'answer ::= "yes"\n', ("--grammar", "no 'root' rule")),
+    ("--grammar", 'root ::= "a" next\n', ("--grammar", "Undefined rule identifier 'next'")),
     ("--grammar", None, ("--grammar", "No such file")),
     ("--regex", "(ab", ("--regex", "not a valid regular expression")),
     ("--regex", "a(?!b)", ("--regex", "cannot be expressed as a grammar")),
@@ -416,3 +417,13 @@ def test_presets_keep_knobs_not_constraints(tmp_path) -> None:
     loaded = load_preset("mine", path)
     assert loaded.temperature == 1.3 and loaded.regex is None
     assert "[0-9]" not in path.read_text(encoding="utf-8")
+
+
+def test_a_session_whose_grammar_does_not_parse_is_refused_before_the_lab_opens(model_path, tmp_path) -> None:
+    from test_cli import assert_one_line_error, tokenlab
+
+    from tokenlab.lab.session import save
+
+    path = tmp_path / "session.json"
+    save(Session(prompt="Hi", params=SamplerParams(grammar="root ::= root \"a\"\n")), path)
+    assert_one_line_error(tokenlab("lab", "--load", str(path)), "--grammar", "left-recursive")

@@ -288,10 +288,10 @@ def check_options(opts: RunOptions) -> None:
     from tokenlab.sampling.constraint import constraint_of
 
     constraint = constraint_of(params)
-    if constraint is not None and constraint[0] != "grammar":
-        from tokenlab.engine.grammar import gbnf_for
+    if constraint is not None:
+        from tokenlab.engine.grammar import check_constraint_text
 
-        gbnf_for(*constraint)  # a regex or schema that cannot become a grammar fails before the model loads
+        check_constraint_text(*constraint)  # a constraint that does not parse fails before the model loads
 
 
 def remote_options(opts: RunOptions) -> Any:

@@ -246,13 +246,38 @@ def _stderr_captured() -> Iterator[list[str]]:
 
 
 def _parse_problem(gbnf: str, printed: str) -> str:
-    """What llama.cpp disliked about a grammar, in a few words."""
+    """What llama.cpp disliked about a grammar, in a few words (from what it printed, when we have it)."""
     for line in printed.splitlines():
         if "error parsing grammar:" in line:
             return line.split("error parsing grammar:", 1)[1].strip()
+        if "left recursion" in line:
+            return "a rule is left-recursive (rule ::= rule ...), which llama.cpp cannot run; rewrite it"
     if not re.search(r"^\s*root\s*::=", gbnf, re.MULTILINE):
         return "it has no 'root' rule (the text starts at root ::= ...)"
-    return "llama.cpp rejected it (a left-recursive rule?)"
+    return "llama.cpp rejected it (a syntax error, an undefined rule or a left-recursive rule)"
+
+
+def _rejected(kind: str, gbnf: str, printed: str) -> GrammarError:
+    flag = KIND_FLAGS.get(kind, kind)
+    what = "the grammar" if kind == "grammar" else f"the grammar made from {flag}"
+    return GrammarError(f"{flag}: {what} does not parse: {_parse_problem(gbnf, printed)}")
+
+
+def check_constraint_text(kind: str, text: str) -> str:
+    """The constraint's GBNF, parsed once by llama.cpp (no model needed); GrammarError in one line if it fails.
+
+    llama.cpp prints parse errors on file descriptor 2, which is captured here for the message: call it
+    before a full-screen app owns the terminal (the lab draws on that descriptor).
+    """
+    import llama_cpp
+
+    gbnf = gbnf_for(kind, text)
+    with _stderr_captured() as printed:
+        sampler = llama_cpp.llama_sampler_init_grammar(None, gbnf.encode("utf-8"), b"root")
+    if not sampler:
+        raise _rejected(kind, gbnf, "".join(printed))
+    llama_cpp.llama_sampler_free(sampler)
+    return gbnf
 
 
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
@@ -323,13 +348,11 @@ class GrammarConstraint:
         self.gbnf = gbnf_for(kind, text)
         self.n_vocab = int(engine.n_vocab)
         self._engine = engine
-        with _stderr_captured() as printed:
-            sampler = llama_cpp.llama_sampler_init_grammar(engine.vocab, self.gbnf.encode("utf-8"), b"root")
+        # not captured: the lab may own file descriptor 2 (the commands check the text first, see
+        # check_constraint_text, so llama.cpp has nothing to print here)
+        sampler = llama_cpp.llama_sampler_init_grammar(engine.vocab, self.gbnf.encode("utf-8"), b"root")
         if not sampler:
-            problem = _parse_problem(self.gbnf, "".join(printed))
-            flag = KIND_FLAGS.get(kind, kind)
-            what = "the grammar" if kind == "grammar" else f"the grammar made from {flag}"
-            raise GrammarError(f"{flag}: {what} does not parse: {problem}")
+            raise _rejected(kind, self.gbnf, "")
         self._sampler = sampler
         self._accepted: list[int] = []
         self._bytes = _byte_index(engine)
