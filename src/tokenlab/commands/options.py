@@ -209,9 +209,10 @@ def base_params(opts: RunOptions) -> Any:
     if params.watermark_key is not None and "watermark" not in params.samplers:
         raise UserError("--watermark-key needs the watermark stage, which this --samplers order leaves out: "
                         "add 'watermark' to it (before the first cut, e.g. after 'dry')")
-    if params.mirostat == 2 and "mirostat_v2" not in params.samplers:
+    if params.mirostat and f"mirostat_v{params.mirostat}" not in params.samplers:
         raise UserError(
-            "--mirostat 2 has no effect: the --samplers list lacks mirostat_v2; add it, or use --samplers mirostat"
+            f"--mirostat {params.mirostat} has no effect: the --samplers list lacks mirostat_v{params.mirostat}; "
+            "add it, or use --samplers mirostat"
         )
     return params
 

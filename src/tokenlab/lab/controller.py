@@ -112,7 +112,8 @@ class FrontierView(LabEvent):
     stages: tuple[tuple[str, int], ...]
     """(stage name, tokens kept) for every stage that ran."""
     live: tuple[tuple[str, float], ...] = ()
-    """Values the knobs do not show by themselves: the scheduled/dynamic temperature, mirostat's mu."""
+    """Values the knobs do not show by themselves: the scheduled/dynamic temperature, mirostat's mu,
+    adaptive-p's adapted target and moving average."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,10 @@ def live_values(result: PipelineResult) -> list[tuple[str, float]]:
             values.append(("temperature", float(params["effective_temperature"])))  # type: ignore[arg-type]
         if report.name.startswith("mirostat") and "mu" in params:
             values.append(("mirostat_tau", float(params["mu"])))  # type: ignore[arg-type]
+        if report.name == "adaptive_p" and "adapted_target" in params:
+            # the target this step aims at, and (beside the decay) the moving average it adapts to
+            values.append(("adaptive_target", float(params["adapted_target"])))  # type: ignore[arg-type]
+            values.append(("adaptive_decay", float(params["average"])))  # type: ignore[arg-type]
     return values
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tokenlab.sampling import constraint, filters, history, mirostat, watermark  # noqa: F401  (they register stages)
+from tokenlab.sampling import constraint, filters, history, mirostat, shaping, watermark  # noqa: F401  (they register stages)
 from tokenlab.sampling._validate import check_bias, check_token_id
 from tokenlab.sampling.constraint import check_constraint
 from tokenlab.sampling.declare import KNOB_METADATA, FieldRange, declared, knob
@@ -24,23 +24,32 @@ DEFAULT_ORDER: tuple[str, ...] = (
     "no_repeat_ngram",
     "dry",
     "watermark",
+    "smoothing",
     "top_n_sigma",
+    "top_h",
     "top_k",
+    "tail_free",
     "typical_p",
     "top_p",
     "min_p",
     "epsilon",
     "eta",
     "top_a",
+    "p_less",
     "xtc",
     "temperature",
+    "mirostat_v1",
     "mirostat_v2",
+    "adaptive_p",
 )
 """Every stage in its default place: llama.cpp's common order (penalties; dry; top_n_sigma; top_k;
 typ_p; top_p; min_p; xtc; temperature), the other history stages after penalties, transformers'
-epsilon/eta and webui's top_a after min_p, the watermark before the first cut (transformers runs its
-watermark processor before the warpers, so delta is added to the untruncated, untempered logits), and
-mirostat last (llama.cpp runs it after temperature).
+epsilon/eta, webui's top_a and p-less after min_p, the watermark before the first cut (transformers runs
+its watermark processor before the warpers, so delta is added to the untruncated, untempered logits),
+webui's quadratic smoothing after it and before the cuts (webui reshapes before it truncates), top_h
+just before top_k (transformers' order), tail_free between top_k and typical_p (where llama.cpp had it),
+and the final selectors last: mirostat v1 and v2 after temperature, as llama.cpp runs them, and
+adaptive-p, which llama.cpp puts in place of its final draw.
 Stages whose knobs are off are dropped when a Pipeline is built, so they cost nothing."""
 
 STAGE_NAMES: tuple[str, ...] = tuple(
@@ -69,6 +78,20 @@ _ALIASES: dict[str, str] = {
     "mirostat": "mirostat_v2",
     "mirostat2": "mirostat_v2",
     "mirostatv2": "mirostat_v2",
+    "mirostat1": "mirostat_v1",
+    "mirostatv1": "mirostat_v1",
+    "adaptive": "adaptive_p",
+    "adaptivep": "adaptive_p",
+    "adaptive_target": "adaptive_p",
+    "quadratic": "smoothing",
+    "quadratic_sampling": "smoothing",
+    "smoothing_factor": "smoothing",
+    "tfs": "tail_free",
+    "tfs_z": "tail_free",
+    "tailfree": "tail_free",
+    "tail_free_sampling": "tail_free",
+    "toph": "top_h",
+    "pless": "p_less",
     "epsilon_cutoff": "epsilon",
     "eta_cutoff": "eta",
     "topa": "top_a",
@@ -238,19 +261,22 @@ class SamplerParams:
         help="DRY: text that breaks a repeat (repeatable). Default: llama.cpp's newline, ':', '\"', '*'.")
     """Token-id sequences that end a DRY repeat; make them with `dry_breaker_sequences`."""
     mirostat: int = knob(
-        0, flag="--mirostat", help="2 = mirostat v2 (targets a surprise of tau); 0 = off.",
-        label="mirostat", stage="mirostat_v2", fine=2, coarse=2, lab_range=FieldRange(low=0, high=2, integer=True),
-        hint="2 = mirostat v2 chooses the token; 0 = off")
-    """0 = off, 2 = Mirostat 2.0 (the mirostat_v2 stage)."""
+        0, flag="--mirostat", help="1 = mirostat v1, 2 = mirostat v2 (they target a surprise of tau); 0 = off.",
+        label="mirostat", acts_in=("mirostat_v1", "mirostat_v2"), fine=1, coarse=1,
+        lab_range=FieldRange(low=0, high=2, integer=True),
+        hint="1 = mirostat v1, 2 = mirostat v2 chooses the token; 0 = off")
+    """0 = off, 1 = Mirostat 1.0 (the mirostat_v1 stage), 2 = Mirostat 2.0 (the mirostat_v2 stage)."""
     mirostat_tau: float = knob(
         5.0, range=FieldRange(low=0.0), flag="--mirostat-tau", aliases=("--mirostat-ent",),
         help="Mirostat target surprise (bits).",
-        label="mirostat tau", stage="mirostat_v2", fine=0.1, coarse=1.0, hint="mirostat target surprise (bits)")
+        label="mirostat tau", acts_in=("mirostat_v1", "mirostat_v2"), fine=0.1, coarse=1.0,
+        hint="mirostat target surprise (bits)")
     """Mirostat's target surprise, in bits."""
     mirostat_eta: float = knob(
         0.1, range=FieldRange(low=0.0), flag="--mirostat-eta", aliases=("--mirostat-lr",),
         help="Mirostat learning rate.",
-        label="mirostat eta", stage="mirostat_v2", fine=0.01, coarse=0.05, hint="mirostat learning rate")
+        label="mirostat eta", acts_in=("mirostat_v1", "mirostat_v2"), fine=0.01, coarse=0.05,
+        hint="mirostat learning rate")
     """Mirostat's learning rate."""
     dynatemp_range: float = knob(
         0.0, range=FieldRange(low=0.0, note=" (0 = off)"), flag="--dynatemp-range",
@@ -339,6 +365,52 @@ class SamplerParams:
         "lefthash", flag="--watermark-scheme", panel="Watermark", origin="tokenlab",
         help="Watermark green lists: lefthash (the previous token) or selfhash (4 tokens, salted with the candidate).")
     """"lefthash" (the previous token picks the list) or "selfhash" (see sampling/watermark.py)."""
+    # -- the 2026 catalogue: adaptive-p and the samplers other projects ship ------------------------
+    adaptive_target: float = knob(
+        -1.0, range=FieldRange(low=-1.0, high=1.0, note=" (negative = off)"), flag="--adaptive-target",
+        help="Adaptive-p: favour tokens near this probability; the target adapts to a moving average of "
+             "the chosen tokens' probabilities (a final selector); -1 = off.",
+        label="adaptive target", stage="adaptive_p", fine=0.01, coarse=0.05,
+        hint="adaptive-p: favour tokens near this p (→ the adapted target); < 0 = off")
+    """Adaptive-p's target probability (llama.cpp); negative turns it off."""
+    adaptive_decay: float = knob(
+        0.9, range=FieldRange(low=0.0, high=0.99), flag="--adaptive-decay",
+        help="Adaptive-p: decay of the moving average (it spans about 1/(1 - decay) tokens).",
+        label="adaptive decay", stage="adaptive_p", fine=0.01, coarse=0.05,
+        hint="adaptive-p: decay of the moving average (avg: its value now)")
+    """Adaptive-p's moving-average decay (history ≈ 1/(1 - decay) tokens)."""
+    smoothing_factor: float = knob(
+        0.0, range=FieldRange(low=0.0, note=" (0 = off)"), flag="--smoothing-factor",
+        help="Quadratic smoothing (text-generation-webui): logit -> max - factor·(logit - max)²; 0 = off.",
+        label="smoothing", stage="smoothing", fine=0.01, coarse=0.1, origin="text-generation-webui",
+        hint="quadratic smoothing of the logits; 0 = off")
+    """Quadratic smoothing factor (text-generation-webui); 0 turns it off."""
+    smoothing_curve: float = knob(
+        1.0, range=FieldRange(low=1.0, high=10.0), flag="--smoothing-curve",
+        help="Quadratic smoothing curve: 1 = the plain quadratic; higher adds a cubic term.",
+        label="smooth. curve", stage="smoothing", fine=0.1, coarse=0.5, origin="text-generation-webui",
+        hint="smoothing curve: 1 = quadratic, higher adds a cubic term")
+    """Quadratic smoothing curve: 1 is the plain quadratic, higher adds a cubic term."""
+    tfs_z: float = knob(
+        1.0, range=FieldRange(low=0.0, high=1.0, note=" (1 = off)"), flag="--tfs-z",
+        help="Tail-free sampling (KoboldCpp): cut the tail where the sorted probabilities' curvature "
+             "passes z; 1 = off.",
+        label="tail-free z", stage="tail_free", fine=0.01, coarse=0.05, origin="KoboldCpp",
+        hint="tail-free: cut where the curvature of sorted p passes z; 1 = off")
+    """Tail-free sampling's z (KoboldCpp); 1 turns it off."""
+    top_h: float = knob(
+        0.0, range=FieldRange(low=0.0, high=1.0, note=" (0 = off)"), flag="--top-h",
+        help="Top-H (transformers): of the 100 most likely tokens keep those whose entropy stays <= "
+             "top_h x theirs; 0 = off.",
+        label="top-h", stage="top_h", fine=0.01, coarse=0.05, origin="transformers",
+        hint="keep the top tokens while their entropy <= top-h·H; 0 = off")
+    """Top-H's entropy share (transformers); 0 turns it off."""
+    p_less: float = knob(
+        0.0, range=FieldRange(low=0.0, high=1.0, note=" (0 = off, 1 = the paper's rule)"), flag="--p-less",
+        help="p-less sampling: keep tokens with p >= strength x sum of p²; 1 = the paper's rule, 0 = off.",
+        label="p-less", stage="p_less", fine=0.05, coarse=0.25, origin="p-less paper (llama.cpp PR #26035)",
+        hint="keep p >= strength·Σp² (1 = the paper); 0 = off")
+    """p-less strength: keep p >= p_less·Σp² (1 = the paper's rule); 0 turns it off."""
     # -- hard constraints: source text, not turnable knobs (the grammar stage, sampling/constraint.py) --
     grammar: str | None = knob(
         None, flag="--grammar", panel="Constraints", cli_type=str,
