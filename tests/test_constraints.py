@@ -362,7 +362,9 @@ def test_generate_with_a_regex_matches_it_and_jsonl_marks_forced_steps(model_pat
 def test_generate_with_a_json_schema_gives_an_instance(model_path, tmp_path) -> None:
     from test_cli import tokenlab
 
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"},
+    # a bounded string: the object must close within -n tokens on any machine's numerics
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                               "population": {"type": "integer"},
                                                "capital": {"type": "boolean"}},
               "required": ["city", "population", "capital"]}
     path = tmp_path / "city.json"
