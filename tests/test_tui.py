@@ -7,6 +7,7 @@ from textual.widgets import Input, OptionList, TextArea
 
 from tokenlab.engine import Engine, EngineError, EngineOptions
 from tokenlab.lab.controller import LabSettings
+from tokenlab.lab.knobs import KNOBS
 from tokenlab.sampling import SamplerParams
 from tokenlab.tui.app import TokenLabApp
 from tokenlab.tui.screens.dialogs import HelpScreen, HistoryScreen, LineInput, PromptEditor, TreeScreen
@@ -241,12 +242,45 @@ async def test_a_model_that_fails_to_load_leaves_the_app_usable() -> None:
         lab = app.lab
         await wait_for(pilot, lambda: lab.model_name == "no model")
         assert any("could not load broken.gguf" in str(n.message) for n in app._notifications)
+        bindings = lab.active_bindings
+        assert not bindings["n"].enabled and not bindings["space"].enabled  # nothing to generate with
+        assert bindings["e"].enabled and bindings["question_mark"].enabled
         await pilot.press("n")  # still answers keys
         await pilot.press("question_mark")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
         await pilot.press("escape")
         await pilot.press("q")
     assert app.controller.stopped.wait(5)
+
+
+async def test_keys_that_cannot_act_are_dimmed(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+
+    def enabled() -> dict[str, bool]:
+        return {key: active.enabled for key, active in app.lab.active_bindings.items()}
+
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        keys = enabled()
+        assert keys["n"] and keys["space"] and keys["i"] and keys["o"]  # temperature: a stage of its own
+        assert not keys["escape"]  # no history run shown
+        # (the focused token view binds ← and home to scrolling first; the screen's cursor comes next)
+        assert lab.check_action("cursor", (-1,)) is None and lab.check_action("cursor_home", ()) is None
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(lab.steps) == 1 and lab.frontier is not None and lab.frontier.index == 1)
+        assert lab.check_action("cursor", (-1,)) and lab.check_action("cursor_home", ())
+        await pilot.press("up")  # wraps to the hot-token row, empty so far
+        assert lab.selected_knob == len(KNOBS) and lab.hot is None
+        keys = enabled()
+        assert not keys["o"] and not keys["left_curly_bracket"] and not keys["0"]
+        samplers = lab.params.samplers
+        await pilot.press("o", "0")  # dimmed: nothing changes
+        assert lab.params.samplers == samplers
+        await pilot.press("up")  # the last knob: watermark_delta, of the watermark stage
+        assert enabled()["o"] and enabled()["0"]
 
 
 async def test_quitting_while_generating_stops_the_controller(finished_engine) -> None:
