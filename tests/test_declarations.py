@@ -23,6 +23,9 @@ LAB_ROUTES = {
     "dry_sequence_breakers": "the command line's --dry-sequence-breaker (text, resolved with the vocabulary)",
     "temperature_curve": "the command line's --temperature-curve (a word, not a turnable value)",
     "watermark_scheme": "the command line's --watermark-scheme (a word, not a turnable value)",
+    "grammar": "the command line's --grammar (a file's text, not a turnable value; kept in the session)",
+    "regex": "the command line's --regex (a pattern, not a turnable value; kept in the session)",
+    "json_schema": "the command line's --json-schema (a file's text, not a turnable value; kept in the session)",
 }
 """SamplerParams fields without a turnable lab knob, and how the lab gets them instead."""
 
@@ -33,6 +36,9 @@ TEXT_VALUES: dict[str, Any] = {
     "dry_sequence_breakers": ["\n", "--"],
     "temperature_curve": "exponential",
     "watermark_scheme": "selfhash",
+    "grammar": "g.gbnf",
+    "regex": "[0-9]{3}",
+    "json_schema": "s.json",
     "model": "m.gguf",
     "chat": False,
     "ctx_size": 512,

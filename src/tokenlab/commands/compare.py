@@ -63,6 +63,8 @@ def compare(
     from tokenlab.lab.compare import compare_frontier, compare_generations
     from tokenlab.lab.step import Frontier
 
+    if any(getattr(opts, name) is not None for name in ("grammar", "regex", "json_schema")):
+        raise UserError("compare does not support --grammar, --regex or --json-schema yet; leave the constraint out")
     engine, tokens, params_a = prepare_run(prompt, opts, example="tokenlab compare 'Once upon a time' --b temperature=1.5")
     if getattr(engine, "remote", False):
         raise UserError("compare decodes two sequences in one llama.cpp context; it needs a local model, not --engine")

@@ -5,11 +5,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 
 from tokenlab.engine import Engine, EngineError, Utf8Stream
 from tokenlab.lab.step import DEFAULT_TOP_N, Candidate, Frontier, Step, mass_before
 from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams
+from tokenlab.sampling.constraint import Grammar, constraint_of
+
+if TYPE_CHECKING:
+    from tokenlab.engine.grammar import GrammarConstraint
 
 STOP_EOS = "eos"
 STOP_MAX_TOKENS = "max_tokens"
@@ -82,6 +87,22 @@ class Generation:
         """perf_counter() when the run stopped."""
         self.elapsed = 0.0
         """Seconds spent inside step() (decode + pipeline + record)."""
+        self._grammar: GrammarConstraint | None = None
+        self._grammar_for(self.params)  # a constraint that does not parse fails here, before any decode
+
+    def _grammar_for(self, params: SamplerParams) -> GrammarConstraint | None:
+        """The engine-side grammar of `params`' constraint (built once per constraint), or None."""
+        wanted = constraint_of(params)
+        if wanted is None:
+            return None
+        current = self._grammar
+        if current is None or (current.kind, current.source) != wanted:
+            from tokenlab.engine.grammar import GrammarConstraint
+
+            self._grammar = GrammarConstraint(self.engine, *wanted)
+            if current is not None:
+                current.close()
+        return self._grammar
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -136,13 +157,19 @@ class Generation:
         """Step `index` as it stood before its token was drawn: its logits (decoded again for an earlier step;
         the KV cache keeps the prefix), that step's sampler state and random stream, through `params`."""
         context = [*self.prompt_tokens, *self._ids[:index]]
+        grammar = self._grammar_for(params)
+        # the grammar's state follows the path: replayed from the generated tokens up to this step
+        constraint = grammar.at(self._ids[:index]) if grammar is not None else None
         return Frontier(logits=self.engine.evaluate(context), history=tuple(context), params=params,
                         pipeline=pipeline, rng_key=(self.seed, index),
                         state=self.steps[index - 1].sampler_state if index else None, step_index=index,
-                        rest_mass=getattr(self.engine, "last_rest_mass", None))
+                        rest_mass=getattr(self.engine, "last_rest_mass", None), constraint=constraint)
 
     def set_params(self, params: SamplerParams) -> PipelineResult | None:
         """Use new knobs from the next token on; returns the frontier re-sampled with them, if any."""
+        if constraint_of(params) != constraint_of(self.params):
+            self._grammar_for(params)
+            self._frontier = None  # another constraint: the frontier needs its grammar's mask
         self.params = params
         if self._frontier is not None:
             return self._frontier.resample(params)
@@ -170,8 +197,17 @@ class Generation:
         """Append `token_id` at the frontier as if the sampler had drawn it."""
         if not 0 <= token_id < self.engine.n_vocab:
             raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.engine.n_vocab - 1})")
+        self._check_allowed(len(self.steps), token_id)
         self.stop_reason = None
         return self._record(self.frontier(), int(token_id), forced=True)
+
+    def _check_allowed(self, index: int, token_id: int) -> None:
+        """ValueError when the constraint does not allow `token_id` at step `index` (forcing it would break it)."""
+        grammar = self._grammar_for(self.params)
+        if grammar is not None and not grammar.at(self._ids[:index]).allows(token_id):
+            kind = grammar.kind.replace("_", " ")
+            raise ValueError(f"the {kind} constraint does not allow {self.engine.token_text(token_id)!r} at "
+                             "this step; choose a token it allows (one not marked as removed by grammar)")
 
     def run(self) -> Iterator[Step]:
         """Steps until eos, max_tokens or a full context."""
@@ -206,6 +242,8 @@ class Generation:
 
     def choose(self, index: int, token_id: int) -> Step:
         """Replace the token at step `index` with `token_id`; the text after it is dropped."""
+        if 0 <= index <= len(self.steps) and 0 <= token_id < self.engine.n_vocab:
+            self._check_allowed(index, token_id)  # before anything is dropped
         self.rewind(index)
         return self.force(token_id)
 
@@ -255,6 +293,7 @@ class Generation:
             sampler_state=result.next_state(token_id) or None,
             dice=dice,
             rest_mass=frontier.rest_mass,
+            allowed=next((report.n_kept for report in result.stages if report.name == Grammar.name), None),
         )
         self.steps.append(step)
         self._ids.append(token_id)

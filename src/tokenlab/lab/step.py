@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams, raw_stats, truncated_raw_stats
+from tokenlab.sampling.constraint import TokenConstraint
 
 DEFAULT_TOP_N = 20
 """Candidates kept in a step's record."""
@@ -78,6 +79,9 @@ class Step:
     None when the token was forced, when it was the only one left, or for a step not recorded in full."""
     rest_mass: float | None = None
     """With a remote engine: the probability of the tokens outside the server's top K (None: full vocabulary)."""
+    allowed: int | None = None
+    """With a grammar, regex or JSON schema: how many tokens it let through at this step (1: the constraint
+    forced the token); None without a constraint."""
 
     def slim(self) -> Step:
         """This step with only the chosen token among its candidates (what loop mode keeps past its cap)."""
@@ -100,6 +104,7 @@ class Step:
             **({"sampler_state": dict(self.sampler_state)} if self.sampler_state else {}),
             **({"dice": {"u": self.dice[0], "before": self.dice[1]}} if self.dice is not None else {}),
             **({"rest_mass": self.rest_mass} if self.rest_mass is not None else {}),
+            **({"allowed": self.allowed} if self.allowed is not None else {}),
             "top": [
                 {"id": c.id, "text": c.text, "prob": c.prob, "final_prob": c.final_prob,
                  "removed_by": c.removed_by}
@@ -141,6 +146,8 @@ class Frontier:
     rest_mass: float | None = None
     """For a remote row (a server's top K log-probabilities, -inf elsewhere): the probability of the rest of
     the vocabulary. Raw probabilities are then the server's own, and the candidates are the K it named."""
+    constraint: TokenConstraint | None = None
+    """The grammar at this step (which tokens it allows), when the params carry one."""
     result: PipelineResult = field(init=False)
     rng: np.random.Generator = field(init=False, repr=False)
     drawn_u: float | None = field(init=False, default=None)
@@ -156,7 +163,7 @@ class Frontier:
         assert self.pipeline is not None
         self.rng = np.random.default_rng(self.rng_key)
         self.result = self.pipeline.run(self.logits, self.history, rng=self.rng, state=self.state,
-                                        step_index=self.step_index)
+                                        step_index=self.step_index, constraint=self.constraint)
 
     @property
     def raw(self) -> RawStats:

@@ -29,6 +29,7 @@ from tokenlab.sampling._validate import check_bias, check_float, check_int, chec
 from tokenlab.sampling.candidates import FMAX, Candidates, guard_overflow, locate, softmax
 
 if TYPE_CHECKING:
+    from tokenlab.sampling.constraint import TokenConstraint
     from tokenlab.sampling.params import SamplerParams
 
 # Dense top-p first sorts only this many of the best tokens and sorts the rest only when they do not
@@ -53,6 +54,8 @@ class StepContext:
     """Sampler state carried between steps (see `PipelineResult.next_state`)."""
     step_index: int = 0
     """0-based index of the token being generated (drives temperature schedules)."""
+    constraint: TokenConstraint | None = None
+    """Which tokens a grammar allows at this step (see `constraint.py`); None without a constraint."""
 
 
 class Cutoff(NamedTuple):

@@ -880,6 +880,7 @@ class LabScreen(Screen[None]):
 
     def action_presets(self) -> None:
         from tokenlab.presets import PresetError, list_presets, load_preset, save_preset
+        from tokenlab.sampling.constraint import CONSTRAINT_FIELDS
 
         def chosen(result: tuple[str, str] | None) -> None:
             if result is None:
@@ -890,7 +891,9 @@ class LabScreen(Screen[None]):
                     path = save_preset(name, self.params)
                     self.notify(f"saved preset {name!r} to {path}", markup=False)
                 else:
-                    self._set_params(load_preset(name))
+                    # a preset holds knobs; the run's grammar, regex or schema stays
+                    constraint = {field: getattr(self.params, field) for field in CONSTRAINT_FIELDS}
+                    self._set_params(load_preset(name).replace(**constraint))
                     self.notify(f"loaded preset {name!r}", markup=False)
             except (PresetError, ValueError, OSError) as exc:
                 self.notify(str(exc), severity="error", timeout=8, markup=False)
