@@ -276,6 +276,7 @@ def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int
     from tokenlab.engine import Engine, EngineOptions
     from tokenlab.engine.models import resolve_model
     from tokenlab.lab import Generation
+    from tokenlab.lab.commands import SetParams
     from tokenlab.lab.controller import LabSettings
     from tokenlab.sampling import SamplerParams
     from tokenlab.tui.app import TokenLabApp
@@ -307,7 +308,7 @@ def tui_child(case: str, model: str | None, tokens: int, seed: int, threads: int
         async with app.run_test(size=(100, 30)) as pilot:
             while app.lab.frontier is None:  # loaded, and paused at the first step
                 await asyncio.sleep(0.05)
-            app.controller.send("set_params", SamplerParams(ban=eog_ids(engines[0])))
+            app.controller.send(SetParams(SamplerParams(ban=eog_ids(engines[0]))))
             def key(name: str, char: str) -> None:
                 # the way the terminal driver delivers a key (pilot.press waits for the app to go idle,
                 # which it does not do while generating)

@@ -25,6 +25,9 @@ LAB_ROUTES = {
     "watermark_scheme": "the command line's --watermark-scheme (a word, not a turnable value)",
     "negative_prompt": "the command line's --negative-prompt (text; kept in the session, its top tokens shown)",
     "ban_phrases": "the command line's --ban-phrase (text; kept in the session, rewinds shown struck through)",
+    "grammar": "the command line's --grammar (a file's text, not a turnable value; kept in the session)",
+    "regex": "the command line's --regex (a pattern, not a turnable value; kept in the session)",
+    "json_schema": "the command line's --json-schema (a file's text, not a turnable value; kept in the session)",
 }
 """SamplerParams fields without a turnable lab knob, and how the lab gets them instead."""
 
@@ -37,6 +40,9 @@ TEXT_VALUES: dict[str, Any] = {
     "watermark_scheme": "selfhash",
     "negative_prompt": "a dull story",
     "ban_phrases": [" dragon", "once upon"],
+    "grammar": "g.gbnf",
+    "regex": "[0-9]{3}",
+    "json_schema": "s.json",
     "model": "m.gguf",
     "chat": False,
     "ctx_size": 512,

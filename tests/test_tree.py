@@ -63,6 +63,7 @@ def test_segments_compress_chains_and_nest_forks() -> None:
 
 def test_loop_mode_keeps_full_records_only_up_to_its_cap(engine, monkeypatch) -> None:
     import tokenlab.lab.controller as controller_module
+    from tokenlab.lab.commands import SetLoop
     from tokenlab.lab.controller import LabController, LabNotice, LabSettings
     from tokenlab.sampling import SamplerParams
 
@@ -71,7 +72,7 @@ def test_loop_mode_keeps_full_records_only_up_to_its_cap(engine, monkeypatch) ->
     settings = LabSettings(prompt="Once upon a time", chat=False, max_tokens=3, seed=11, autostart=False,
                            params=SamplerParams(temperature=2.0, top_k=0))
     controller = LabController(engine, settings, emit=events.append)
-    controller.send("set_loop", True)
+    controller.send(SetLoop(True))
     controller.serve(should_stop=lambda: controller.tree.runs >= 6)
     notices = [event.message for event in events if isinstance(event, LabNotice)]
     assert len(notices) == 1 and "first 2 runs" in notices[0]  # said once, on screen

@@ -7,6 +7,7 @@ from textual.widgets import Input, OptionList, TextArea
 
 from tokenlab.engine import Engine, EngineError, EngineOptions
 from tokenlab.lab.controller import LabSettings
+from tokenlab.lab.knobs import KNOBS
 from tokenlab.sampling import SamplerParams
 from tokenlab.tui.app import TokenLabApp
 from tokenlab.tui.screens.dialogs import HelpScreen, HistoryScreen, LineInput, PromptEditor, TreeScreen
@@ -53,7 +54,7 @@ async def test_opens_paused_at_the_live_frontier(finished_engine) -> None:
 
 async def test_step_pause_and_resume(finished_engine) -> None:
     engine, apps = finished_engine
-    app = make_app(engine, max_tokens=500)
+    app = make_app(engine, max_tokens=150)  # long enough to pause midway, short enough for a busy machine
     apps.append(app)
     async with app.run_test(size=SIZE) as pilot:
         lab = app.lab
@@ -71,12 +72,12 @@ async def test_step_pause_and_resume(finished_engine) -> None:
         await wait_for(pilot, lambda: not lab.running and lab.frontier is not None)
         paused_at = len(lab.steps)
         await pilot.pause(0.2)
-        assert len(lab.steps) == paused_at < 500  # nothing is generated while paused
+        assert len(lab.steps) == paused_at < 150  # nothing is generated while paused
 
         await pilot.press("space")
         await wait_for(pilot, lambda: lab.stop_reason == "max_tokens")
-        assert len(lab.steps) == 500
-        assert [s.index for s in lab.steps] == list(range(500))
+        assert len(lab.steps) == 150
+        assert [s.index for s in lab.steps] == list(range(150))
 
 
 async def test_cursor_inspects_past_steps(finished_engine) -> None:
@@ -241,12 +242,45 @@ async def test_a_model_that_fails_to_load_leaves_the_app_usable() -> None:
         lab = app.lab
         await wait_for(pilot, lambda: lab.model_name == "no model")
         assert any("could not load broken.gguf" in str(n.message) for n in app._notifications)
+        bindings = lab.active_bindings
+        assert not bindings["n"].enabled and not bindings["space"].enabled  # nothing to generate with
+        assert bindings["e"].enabled and bindings["question_mark"].enabled
         await pilot.press("n")  # still answers keys
         await pilot.press("question_mark")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
         await pilot.press("escape")
         await pilot.press("q")
     assert app.controller.stopped.wait(5)
+
+
+async def test_keys_that_cannot_act_are_dimmed(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine)
+    apps.append(app)
+
+    def enabled() -> dict[str, bool]:
+        return {key: active.enabled for key, active in app.lab.active_bindings.items()}
+
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        keys = enabled()
+        assert keys["n"] and keys["space"] and keys["i"] and keys["o"]  # temperature: a stage of its own
+        assert not keys["escape"]  # no history run shown
+        # (the focused token view binds ← and home to scrolling first; the screen's cursor comes next)
+        assert lab.check_action("cursor", (-1,)) is None and lab.check_action("cursor_home", ()) is None
+        await pilot.press("n")
+        await wait_for(pilot, lambda: len(lab.steps) == 1 and lab.frontier is not None and lab.frontier.index == 1)
+        assert lab.check_action("cursor", (-1,)) and lab.check_action("cursor_home", ())
+        await pilot.press("up")  # wraps to the hot-token row, empty so far
+        assert lab.selected_knob == len(KNOBS) and lab.hot is None
+        keys = enabled()
+        assert not keys["o"] and not keys["left_curly_bracket"] and not keys["0"]
+        samplers = lab.params.samplers
+        await pilot.press("o", "0")  # dimmed: nothing changes
+        assert lab.params.samplers == samplers
+        await pilot.press("up")  # the last knob: watermark_delta, of the watermark stage
+        assert enabled()["o"] and enabled()["0"]
 
 
 async def test_quitting_while_generating_stops_the_controller(finished_engine) -> None:
@@ -840,3 +874,45 @@ async def test_the_knob_panel_shows_adaptive_ps_moving_average_and_adapted_targe
         assert target_row[-3] == "0.30" and target_row[-2].startswith("→")
         # 2·target - average, both shown to two decimals
         assert float(target_row[-2][1:]) == pytest.approx(min(1.0, max(0.0, 0.6 - average)), abs=0.011)
+
+
+async def test_a_b_compares_the_inspected_step_with_a_preset_and_generates_both(finished_engine, tmp_path,
+                                                                                monkeypatch) -> None:
+    from tokenlab.lab.compare import compare_frontier
+    from tokenlab.presets import list_presets, load_preset
+    from tokenlab.tui.screens.compare import CompareRunsScreen, CompareScreen
+
+    monkeypatch.setenv("TOKENLAB_CONFIG", str(tmp_path))  # the built-in presets only
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=8, autostart=True)
+    apps.append(app)
+    async with app.run_test(size=(150, 45)) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.stop_reason == "max_tokens" and lab.frontier is not None)
+        await pilot.press("left", "left")  # inspect step 6
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        screen = app.screen
+        names = list(list_presets())
+        first = next(i for i, name in enumerate(names) if load_preset(name) != lab.params)
+        assert screen._label == names[first]
+        # the comparison is the one the pipeline gives on that step's logits
+        generation = lab.controller.generation
+        frontier = generation.frontier_at(6, lab.params)
+        expected = compare_frontier(frontier, load_preset(names[first]), engine.token_text, top_n=12)
+        assert (screen.comparison.survivors_a, screen.comparison.survivors_b) == (expected.survivors_a,
+                                                                                 expected.survivors_b)
+        assert [row.id for row in screen.comparison.only_b] == [row.id for row in expected.only_b]
+        text = str(screen.query_one("#compare-only-b").render())
+        assert text.startswith("only B can draw")
+        await pilot.press("right")  # the next preset
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen._label != names[first])
+        assert app.screen._label == names[(first + 1) % len(names)]
+        await pilot.press("g")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareRunsScreen), timeout=120)
+        runs = app.screen.runs
+        assert len(runs.a) == len(runs.b) == 48 or "eos" in (runs.stop_a, runs.stop_b)
+        # A continues the lab's own run from step 6 with the same seed: its first token is the lab's step 6
+        assert runs.a[0].id == lab.steps[6].id
+        await pilot.press("escape")
+        assert isinstance(app.screen, LabScreen)

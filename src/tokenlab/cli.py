@@ -10,7 +10,7 @@ import typer
 from tokenlab import __version__
 from tokenlab.commands import compare, doctor, export, generate, inspect, lab, models, rollouts, score, serve
 from tokenlab.commands.common import describe_os_error, print_error, silence_stdout, user_errors
-from tokenlab.commands.options import RunOptions, with_run_options
+from tokenlab.commands.options import RunOptions
 
 app = typer.Typer(
     name="tokenlab",
@@ -25,7 +25,7 @@ app = typer.Typer(
 app.command("generate")(generate.generate)
 app.command("inspect")(inspect.inspect_command)
 app.command("rollouts")(rollouts.rollouts)
-app.command("compare")(with_run_options(compare.compare))
+app.command("compare")(compare.compare)
 app.command("serve")(serve.serve)
 app.command("export")(export.export)
 app.command("score")(score.score)

@@ -21,6 +21,7 @@ else:  # pragma: no cover - Python 3.10 needs the tomli backport
     import tomli as tomllib
 
 from tokenlab.files import write_text_atomic
+from tokenlab.sampling.constraint import CONSTRAINT_FIELDS
 from tokenlab.sampling.params import SamplerParams
 from tokenlab.sampling.presets import BUILTIN_PRESETS
 from tokenlab.errors import TokenlabError
@@ -151,12 +152,12 @@ def _params(file: Path, name: str, table: dict[str, Any]) -> SamplerParams:
 
 
 def _table(params: SamplerParams) -> dict[str, Any]:
-    """The TOML-ready knobs of `params` that differ from the defaults (None ones left out)."""
+    """The TOML-ready knobs of `params` that differ from the defaults (None ones and constraints left out)."""
     defaults = SamplerParams().to_dict()
     return {
         key: value
         for key, value in params.to_dict().items()
-        if value is not None and value != defaults[key]
+        if value is not None and value != defaults[key] and key not in CONSTRAINT_FIELDS
     }
 
 

@@ -451,3 +451,17 @@ def continuations_table(
             f"… {_count(len(hidden), 'more first token')} ({sum(g.count for g in hidden)} rollouts, "
             f"{sum(len(g.continuations) for g in hidden)} distinct)", style="dim"))
     return table
+
+
+def describe_difference(a: Any, b: Any) -> str:
+    """The knobs where B differs from A, as "name A→B" pairs."""
+    values_a, values_b = a.to_dict(), b.to_dict()
+    changed = [f"{name} {_short(values_a[name])}→{_short(values_b[name])}"
+               for name in values_a if values_a[name] != values_b[name]]
+    return ", ".join(changed) if changed else "no knob differs"
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value) or "none"
+    return "off" if value is None else f"{value:g}" if isinstance(value, float) else str(value)

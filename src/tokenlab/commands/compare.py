@@ -15,6 +15,7 @@ from rich.text import Text
 from tokenlab.commands.common import OutputFormat, err_console
 from tokenlab.commands.options import RunOptions, distribution_json, prepare_run, with_run_options
 from tokenlab.errors import UserError
+from tokenlab.render import describe_difference
 from tokenlab.sampling import SamplerParams
 
 
@@ -42,20 +43,7 @@ def knob_set_b(params_a: SamplerParams, preset: str | None, assignments: list[st
         raise UserError(f"--b {exc}") from None
 
 
-def describe_difference(a: SamplerParams, b: SamplerParams) -> str:
-    """The knobs where B differs from A, as "name A→B" pairs."""
-    values_a, values_b = a.to_dict(), b.to_dict()
-    changed = [f"{name} {_short(values_a[name])}→{_short(values_b[name])}"
-               for name in values_a if values_a[name] != values_b[name]]
-    return ", ".join(changed) if changed else "no knob differs"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(item) for item in value) or "none"
-    return "off" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-
-
+@with_run_options
 def compare(
     prompt: Annotated[str, typer.Argument(help="Prompt both knob sets continue ('-' reads standard input).", show_default=False)],
     *,
@@ -75,6 +63,8 @@ def compare(
     from tokenlab.lab.compare import compare_frontier, compare_generations
     from tokenlab.lab.step import Frontier
 
+    if any(getattr(opts, name) is not None for name in ("grammar", "regex", "json_schema")):
+        raise UserError("compare does not support --grammar, --regex or --json-schema yet; leave the constraint out")
     engine, tokens, params_a = prepare_run(prompt, opts, example="tokenlab compare 'Once upon a time' --b temperature=1.5")
     if getattr(engine, "remote", False):
         raise UserError("compare decodes two sequences in one llama.cpp context; it needs a local model, not --engine")

@@ -21,6 +21,7 @@ from tokenlab.commands.options import (
     with_run_options,
 )
 from tokenlab.errors import UserError
+from tokenlab.sampling.constraint import constraint_of
 
 
 DEFAULT_LAB_PROMPT = "Write a short story about a lighthouse keeper."
@@ -110,6 +111,11 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
     )
     if session is not None:
         settings.params = session.params
+        constraint = constraint_of(session.params)
+        if constraint is not None:  # checked before the lab owns the terminal (llama.cpp prints parse errors)
+            from tokenlab.engine.grammar import check_constraint_text
+
+            check_constraint_text(*constraint)
         settings.seed = session.seed
         settings.max_tokens = session.max_tokens
 

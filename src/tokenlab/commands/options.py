@@ -14,6 +14,7 @@ import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
@@ -203,6 +204,7 @@ def base_params(opts: RunOptions) -> Any:
                 f"or name an order preset: {', '.join(ORDER_PRESETS)}"
             )
         changes["samplers"] = ORDER_PRESETS[order] if order in ORDER_PRESETS else parse_samplers(order)
+    changes.update(constraint_texts(opts))
     params = base.replace(**changes) if changes else base
     if params.watermark_key is not None and "watermark" not in params.samplers:
         raise UserError("--watermark-key needs the watermark stage, which this --samplers order leaves out: "
@@ -213,6 +215,35 @@ def base_params(opts: RunOptions) -> Any:
             "add it, or use --samplers mirostat"
         )
     return params
+
+
+CONSTRAINT_FLAGS = {"grammar": "--grammar", "regex": "--regex", "json_schema": "--json-schema"}
+"""The constraint flags, by RunOptions field (the SamplerParams field of the same name holds the text)."""
+
+
+def read_constraint_file(flag: str, path: str, what: str) -> str:
+    """The UTF-8 text of a constraint file; UserError naming the flag when it cannot be read."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: {exc.strerror or exc}; give the path of {what}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {path} is not UTF-8 text; give {what}") from None
+    if not text.strip():
+        raise UserError(f"{flag} {path} is empty; give {what}")
+    return text
+
+
+def constraint_texts(opts: RunOptions) -> dict[str, str]:
+    """The constraint --grammar, --regex or --json-schema sets (at most one), as {SamplerParams field: text}."""
+    given = [name for name in CONSTRAINT_FLAGS if getattr(opts, name) is not None]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(CONSTRAINT_FLAGS[name] for name in given)} both constrain the output; give one")
+    if not given or given[0] == "regex":  # the pattern is the value itself
+        return {}
+    name = given[0]
+    what = "a GBNF grammar file" if name == "grammar" else "a JSON schema file"
+    return {name: read_constraint_file(CONSTRAINT_FLAGS[name], getattr(opts, name), what)}
 
 
 def sampler_params(opts: RunOptions, engine: Any = None) -> Any:
@@ -261,7 +292,14 @@ def check_options(opts: RunOptions) -> None:
                             "the negative prompt); drop --engine or leave the scale at 1")
     # validate the numeric knobs now, so a bad flag fails fast, before loading a model
     check = RunOptions(**{**opts.__dict__, "logit_bias": [], "ban": []})
-    sampler_params(check)
+    params = sampler_params(check)
+    from tokenlab.sampling.constraint import constraint_of
+
+    constraint = constraint_of(params)
+    if constraint is not None:
+        from tokenlab.engine.grammar import check_constraint_text
+
+        check_constraint_text(*constraint)  # a constraint that does not parse fails before the model loads
 
 
 def remote_options(opts: RunOptions) -> Any:

@@ -99,6 +99,8 @@ def rollouts(
 
     if not 1 <= count <= MAX_ROLLOUTS:
         raise UserError(f"-n/--count must be in 1..{MAX_ROLLOUTS:,}, got {count}")
+    if any(getattr(opts, name) is not None for name in ("grammar", "regex", "json_schema")):
+        raise UserError("rollouts do not support --grammar, --regex or --json-schema yet; leave the constraint out")
     if not 1 <= length <= opts.ctx_size:
         raise UserError(f"--length must be in 1..{opts.ctx_size} (the --ctx-size), got {length}")
     if opts.guidance_scale != 1.0 or opts.ban_phrases:

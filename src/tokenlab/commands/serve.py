@@ -50,6 +50,9 @@ def serve(
     if opts.engine is None:
         path = resolve_model(opts.model)  # pull it now, with progress, not inside a browser tab
         opts.model = str(path)
+    for name in ("grammar", "json_schema"):  # the labs may start elsewhere: name the files absolutely
+        if getattr(opts, name) is not None:
+            setattr(opts, name, str(Path(getattr(opts, name)).resolve()))
     root = files_dir.resolve()
     command = shlex.join([sys.executable, "-m", "tokenlab", "lab", prompt or DEFAULT_LAB_PROMPT,
                           *forwarded_flags(opts), f"--files-dir={root}"])

@@ -199,6 +199,11 @@ class Engine:
         """The underlying llama_cpp.Llama (tests compare against its own sampler)."""
         return self._llama
 
+    @property
+    def vocab(self):  # noqa: ANN201 - llama.cpp's llama_vocab pointer (the grammar sampler needs it)
+        """The model's llama_vocab handle, for llama.cpp's samplers (engine.grammar)."""
+        return self._vocab
+
     def is_eog(self, token_id: int) -> bool:
         """Whether the token ends generation (EOS, EOT, ...)."""
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token_id))

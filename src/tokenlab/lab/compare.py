@@ -186,9 +186,16 @@ def compare_generations(
     *,
     seed: int,
     max_tokens: int,
+    start_index: int = 0,
+    state: Any = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationComparison:
-    """Generate with both knob sets as two sequences of one llama.cpp context (prompt decoded once)."""
+    """Generate with both knob sets as two sequences of one llama.cpp context (prompt decoded once).
+
+    `start_index` is the number of tokens already generated before `prompt_tokens` ends (the lab
+    compares from an inspected step): step i of the comparison is that run's step start_index + i,
+    with its random stream, its temperature schedule and the stateful samplers' `state` before it.
+    """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
     if any(p.guidance_scale != 1.0 or p.ban_phrases for p in (params_a, params_b)):
@@ -205,7 +212,7 @@ def compare_generations(
     pipelines = (Pipeline(params_a), Pipeline(params_b))
     steps: tuple[list[ComparedStep], list[ComparedStep]] = ([], [])
     history: tuple[list[int], list[int]] = (list(prompt), list(prompt))
-    states: list[Any] = [None, None]
+    states: list[Any] = [state, state]
     streams = (Utf8Stream(), Utf8Stream())
     stops = ["max_tokens", "max_tokens"]
     with BatchDecoder(engine, n_seq=2, n_cells=len(prompt) + 2 * max_tokens + 2) as decoder:
@@ -218,8 +225,8 @@ def compare_generations(
         for index in range(max_tokens):
             for side in active:
                 frontier = Frontier(logits=rows[side], history=tuple(history[side]), params=params[side],
-                                    pipeline=pipelines[side], rng_key=(seed, index), state=states[side],
-                                    step_index=index)
+                                    pipeline=pipelines[side], rng_key=(seed, start_index + index),
+                                    state=states[side], step_index=start_index + index)
                 token_id = frontier.draw()
                 states[side] = frontier.result.next_state(token_id) or None
                 eog = engine.is_eog(token_id)

@@ -1,9 +1,10 @@
 """The lab controller: one thread owns the engine and the generation; everyone else sends it commands.
 
 The engine is not thread-safe, so a single thread runs `LabController.serve()`: it loads the model, steps
-the generation while running, and applies commands (pause, step, knob changes, choices) between steps.
-What happens is reported through `emit(event)` with the frozen events below; a UI turns them into
-messages. No UI code here: tests drive the same controller directly.
+the generation while running, and applies commands (`tokenlab.lab.commands`: pause, step, knob changes,
+choices) between steps, each through the handler its type maps to. What happens is reported through
+`emit(event)` with the frozen events below; a UI turns them into messages. No UI code here: tests drive
+the same controller directly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,29 @@ import numpy as np
 
 from tokenlab.engine import Engine, EngineError
 from tokenlab.engine.chat import ChatTemplateError
+from tokenlab.lab.commands import (
+    Choose,
+    CompareRuns,
+    CompareStep,
+    LabCommand,
+    NameTokens,
+    Pause,
+    Play,
+    Regenerate,
+    ResolveToken,
+    Rollouts,
+    Save,
+    Score,
+    SetHotTokens,
+    SetLoop,
+    SetParams,
+    SetPrompt,
+    SetSeed,
+    ShowStages,
+    StepOnce,
+    SwitchBranch,
+    Toggle,
+)
 from tokenlab.lab.generation import Generation
 from tokenlab.lab.speed import SpeedWatch
 from tokenlab.lab.step import NEGATIVE_TOP_N, Candidate, Frontier, Step
@@ -231,6 +255,26 @@ class StageViewReady(LabEvent):
 
 
 @dataclass(frozen=True)
+class StepCompared(LabEvent):
+    """Two knob sets on one step (see lab/compare.py)."""
+
+    index: int
+    label: str
+    params_b: SamplerParams = field(compare=False)
+    comparison: Any = field(compare=False)
+
+
+@dataclass(frozen=True)
+class RunsCompared(LabEvent):
+    """Two generations from one step with two knob sets and the same seed."""
+
+    index: int
+    label: str
+    params_b: SamplerParams = field(compare=False)
+    comparison: Any = field(compare=False)
+
+
+@dataclass(frozen=True)
 class RolloutProgress(LabEvent):
     """Rollouts under way: steps done of the total."""
 
@@ -281,7 +325,31 @@ class LabController:
         self.loop = False
         self.hot_tokens: tuple[int, ...] = ()
         self.tree = GenerationTree(self.settings.prompt)
-        self._commands: queue.Queue[tuple[str, tuple[Any, ...]]] = queue.Queue()
+        self._commands: queue.Queue[LabCommand | None] = queue.Queue()
+        """Commands for the controller thread; None only wakes it (quit)."""
+        self._handlers: dict[type[LabCommand], Callable[[Any], None]] = {
+            Play: self._cmd_play,
+            Pause: self._cmd_pause,
+            Toggle: self._cmd_toggle,
+            StepOnce: self._cmd_step,
+            Regenerate: self._cmd_regenerate,
+            SetParams: self._cmd_set_params,
+            Choose: self._cmd_choose,
+            SetPrompt: self._cmd_set_prompt,
+            SetLoop: self._cmd_set_loop,
+            SetSeed: self._cmd_set_seed,
+            ResolveToken: self._cmd_resolve_token,
+            NameTokens: self._cmd_name_tokens,
+            SetHotTokens: self._cmd_set_hot_tokens,
+            SwitchBranch: self._cmd_switch_branch,
+            Score: self._cmd_score,
+            ShowStages: self._cmd_stage_view,
+            CompareStep: self._cmd_compare_step,
+            CompareRuns: self._cmd_compare_runs,
+            Rollouts: self._cmd_rollouts,
+            Save: self._cmd_save,
+        }
+        """The handler of each command type (the controller's whole front door)."""
         self._pending: list[Step] = []
         self._pending_start = 0
         self._last_emit = 0.0
@@ -298,14 +366,17 @@ class LabController:
 
     # -- commands (any thread) --------------------------------------------------------------------
 
-    def send(self, name: str, *args: Any) -> None:
-        """Queue a command for the controller thread."""
-        self._commands.put((name, args))
+    def send(self, command: LabCommand) -> None:
+        """Queue a command for the controller thread; TypeError at once for anything it has no handler for."""
+        if type(command) not in self._handlers:
+            raise TypeError(f"the lab controller has no handler for {command!r} "
+                            "(send one of the commands in tokenlab.lab.commands)")
+        self._commands.put(command)
 
     def quit(self) -> None:
         """Ask serve() to return (it checks between steps, so within one token's time)."""
         self._quit = True
-        self._commands.put(("noop", ()))
+        self._commands.put(None)
 
     # -- the controller thread -------------------------------------------------------------------
 
@@ -333,26 +404,28 @@ class LabController:
                     self.settings.params = self.settings.prepare(self.engine)
                 except ValueError as exc:
                     self.emit(LabFailed(str(exc)))
-            self._apply("start", ())
+            self._guarded(self._start)
         while not self._quit and not should_stop():
             try:
-                name, args = self._commands.get_nowait() if self.running else self._commands.get(timeout=0.05)
+                command = self._commands.get_nowait() if self.running else self._commands.get(timeout=0.05)
             except queue.Empty:
-                name = ""
-            if name:
-                self._apply(name, args)
+                if self.running:
+                    self._advance()
                 continue
-            if self.running:
-                self._advance()
+            if command is not None:
+                self._apply(command)
 
-    def _apply(self, name: str, args: tuple[Any, ...]) -> None:
-        if name == "noop":
-            return
+    def _apply(self, command: LabCommand) -> None:
+        handler = self._handlers[type(command)]  # send() let in only commands with a handler
         if self.engine is None:
             self.emit(LabFailed("no model is loaded; restart tokenlab with a working --model"))
             return
+        self._guarded(lambda: handler(command))
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        """Run a command's work; a failure the user can act on is reported and pauses the lab."""
         try:
-            getattr(self, f"_cmd_{name}")(*args)
+            action()
         except (EngineError, ValueError, IndexError) as exc:
             self._flush()
             self.running = False
@@ -510,7 +583,7 @@ class LabController:
 
     # -- command handlers (controller thread) -----------------------------------------------------
 
-    def _cmd_start(self) -> None:
+    def _start(self) -> None:
         session = self.settings.session
         if session is None:
             self._new_run(self.settings.seed, start=self.settings.autostart)
@@ -547,20 +620,21 @@ class LabController:
             current=tuple(step.id for step in generation.steps) if generation is not None else (),
         )
 
-    def _cmd_save(self, path: str, write: Callable[[Any, str], Any]) -> None:
-        """Write the session to `path` with `write(session, path)`: the caller picks the format, not the lab."""
+    def _cmd_save(self, command: Save) -> None:
+        """Write the session to `command.path` with `command.write(session, path)`: the caller picks the format."""
         from tokenlab.files import confined_path
 
         session = self.session()
+        path = command.path
         target = confined_path(path, self.settings.files_dir)  # a served lab writes inside its directory only
         path = str(target) if self.settings.files_dir is not None else path
         try:
-            written = write(session, path)
+            written = command.write(session, path)
         except OSError as exc:
             raise ValueError(f"could not save to {path}: {exc.strerror or exc}") from None
         self.emit(SessionSaved(str(written)))
 
-    def _cmd_play(self) -> None:
+    def _cmd_play(self, command: Play | None = None) -> None:
         generation = self.generation
         if generation is None:
             self._new_run(self.settings.seed, start=True)
@@ -571,19 +645,19 @@ class LabController:
         self.running = True
         self.emit(StateChanged(self.running, self.loop))
 
-    def _cmd_pause(self) -> None:
+    def _cmd_pause(self, command: Pause | None = None) -> None:
         self.running = False
         self._flush()
         self.emit(StateChanged(self.running, self.loop))
         self._emit_frontier()
 
-    def _cmd_toggle(self) -> None:
+    def _cmd_toggle(self, command: Toggle) -> None:
         if self.running:
             self._cmd_pause()
         else:
             self._cmd_play()
 
-    def _cmd_step(self) -> None:
+    def _cmd_step(self, command: StepOnce) -> None:
         generation = self.generation
         if generation is None:
             return
@@ -602,11 +676,12 @@ class LabController:
             self._record_branch(count=True)
         self._emit_frontier()
 
-    def _cmd_regenerate(self, seed: int | None = None) -> None:
+    def _cmd_regenerate(self, command: Regenerate) -> None:
         current = self.generation.seed if self.generation is not None else self.settings.seed
-        self._new_run(current if seed is None else seed, start=True)
+        self._new_run(current if command.seed is None else command.seed, start=True)
 
-    def _cmd_set_params(self, params: SamplerParams) -> None:
+    def _cmd_set_params(self, command: SetParams) -> None:
+        params = command.params
         self.settings.params = params
         if self.generation is None:
             return
@@ -614,7 +689,8 @@ class LabController:
         if not self.running:
             self._emit_frontier()
 
-    def _cmd_choose(self, index: int, token_id: int) -> None:
+    def _cmd_choose(self, command: Choose) -> None:
+        index, token_id = command.index, command.token_id
         generation = self.generation
         if generation is None:
             return
@@ -631,28 +707,24 @@ class LabController:
         if not self.running:
             self._emit_frontier()
 
-    def _cmd_set_prompt(self, prompt: str, chat: bool | None) -> None:
-        self.settings.prompt = prompt
-        self.settings.chat = chat
+    def _cmd_set_prompt(self, command: SetPrompt) -> None:
+        self.settings.prompt = command.prompt
+        self.settings.chat = command.chat
         self._new_run(self.settings.seed, start=True)
 
-    def _cmd_set_loop(self, loop: bool) -> None:
-        self.loop = loop
+    def _cmd_set_loop(self, command: SetLoop) -> None:
+        self.loop = command.loop
         self.emit(StateChanged(self.running, self.loop))
-        if loop and not self.running:
+        if self.loop and not self.running:
             self._cmd_play()  # loop mode means generating: finish this run, then the next ones
 
-    def _cmd_set_seed(self, seed: int) -> None:
-        self.settings.seed = seed
-        self._new_run(seed, start=self.running or self.settings.autostart)
+    def _cmd_set_seed(self, command: SetSeed) -> None:
+        self.settings.seed = command.seed
+        self._new_run(command.seed, start=self.running or self.settings.autostart)
 
-    def _cmd_set_max_tokens(self, max_tokens: int) -> None:
-        self.settings.max_tokens = max_tokens
-        if self.generation is not None:
-            self.generation.max_tokens = max_tokens
-
-    def _cmd_resolve_token(self, text: str) -> None:
+    def _cmd_resolve_token(self, command: ResolveToken) -> None:
         assert self.engine is not None
+        text = command.text
         if text.startswith("#") and text[1:].isdigit():
             token_id = int(text[1:])
             if token_id >= self.engine.n_vocab:
@@ -661,21 +733,22 @@ class LabController:
             token_id = self.engine.find_token(text)
         self.emit(TokenResolved(token_id, self.engine.token_text(token_id)))
 
-    def _cmd_name_tokens(self, token_ids: tuple[int, ...]) -> None:
+    def _cmd_name_tokens(self, command: NameTokens) -> None:
         assert self.engine is not None
+        token_ids = command.token_ids
         n_vocab = self.engine.n_vocab
         self.emit(TokensNamed(tuple((token_id, self.engine.token_text(token_id) if token_id < n_vocab
                                      else f"#{token_id}") for token_id in token_ids)))
 
-    def _cmd_set_hot_tokens(self, token_ids: tuple[int, ...]) -> None:
-        self.hot_tokens = tuple(token_ids)
+    def _cmd_set_hot_tokens(self, command: SetHotTokens) -> None:
+        self.hot_tokens = tuple(command.token_ids)
         if not self.running:
             self._emit_frontier()
 
-    def _cmd_switch_branch(self, path: tuple[int, ...]) -> None:
-        """Show the newest branch through `path`; the KV cache keeps the prefix it shares with the last one."""
+    def _cmd_switch_branch(self, command: SwitchBranch) -> None:
+        """Show the newest branch through the path; the KV cache keeps the prefix it shares with the last one."""
         generation = self.generation
-        node = self.tree.find(path)
+        node = self.tree.find(command.path)
         if generation is None or node is None:
             raise ValueError("that branch is not in the tree any more")
         self._flush()
@@ -692,7 +765,7 @@ class LabController:
         self._emit_tree()
         self._emit_frontier()
 
-    def _cmd_score(self, text: str) -> None:
+    def _cmd_score(self, command: Score) -> None:
         """Score a text on this thread (all decoding of the process stays here), as step records."""
         from tokenlab.lab.score import WatermarkTest, score_text, scored_steps
 
@@ -703,16 +776,17 @@ class LabController:
         # the lab's own watermark knobs say which watermark to test for
         watermark = (None if params.watermark_key is None
                      else WatermarkTest(params.watermark_key, params.watermark_gamma, params.watermark_scheme))
-        result = score_text(self.engine, text, top_n=self.settings.top_n, watermark=watermark)
+        result = score_text(self.engine, command.text, top_n=self.settings.top_n, watermark=watermark)
         marks = None
         if result.watermark is not None:
             marks = tuple(zip(result.watermark.green, result.watermark.counted))
         self.emit(ScoreReady(scored_steps(result), result.summary(), marks))
 
-    def _cmd_stage_view(self, index: int, n: int = 8) -> None:
+    def _cmd_stage_view(self, command: ShowStages) -> None:
         """The distribution after every stage at step `index` (len(steps) = the next step), current knobs."""
         from tokenlab.lab.stages import stage_view
 
+        index, n = command.index, command.n
         generation = self.generation
         assert generation is not None and self.engine is not None
         if self.running:
@@ -731,11 +805,47 @@ class LabController:
                           rest_mass=frontier.rest_mass, seen=frontier.seen)
         self.emit(StageViewReady(index, view))
 
-    def _cmd_rollouts(self, index: int, n: int, length: int) -> None:
+    def _inspected_frontier(self, index: int) -> Frontier:
+        """Step `index` as it stood before its token was drawn, through the current knobs (pauses a run)."""
+        generation = self.generation
+        assert generation is not None and self.engine is not None
+        if self.running:
+            self._cmd_pause()
+        if index >= len(generation.steps):
+            return generation.frontier()
+        return generation.frontier_at(index, self.settings.params)
+
+    def _cmd_compare_step(self, command: CompareStep) -> None:
+        """The current knobs (A) and B on step `index`: survivors, final p, tokens only one can draw."""
+        from tokenlab.lab.compare import compare_frontier
+
+        assert self.engine is not None
+        frontier = self._inspected_frontier(command.index)
+        comparison = compare_frontier(frontier, command.params_b, self.engine.token_text, top_n=12)
+        self.emit(StepCompared(command.index, command.label, command.params_b, comparison))
+
+    def _cmd_compare_runs(self, command: CompareRuns) -> None:
+        """Both knob sets generate from step `index` as two sequences of one context, with the run's seed."""
+        from tokenlab.lab.compare import compare_generations
+
+        generation = self.generation
+        assert generation is not None and self.engine is not None
+        if self.running:
+            self._cmd_pause()
+        index = min(command.index, len(generation.steps))
+        prefix = [*generation.prompt_tokens, *generation.generated_ids[:index]]
+        state = generation.steps[index - 1].sampler_state if index else None
+        comparison = compare_generations(self.engine, prefix, self.settings.params, command.params_b,
+                                         seed=generation.seed, max_tokens=command.length, start_index=index,
+                                         state=state)
+        self.emit(RunsCompared(index, command.label, command.params_b, comparison))
+
+    def _cmd_rollouts(self, command: Rollouts) -> None:
         """Sample n continuations of `length` tokens from step `index` in one batch; add them to the tree."""
         from tokenlab.engine import Utf8Stream
         from tokenlab.lab.rollouts import run_rollouts
 
+        index, n, length = command.index, command.n, command.length
         generation = self.generation
         assert generation is not None and self.engine is not None
         if self.running:
@@ -770,7 +880,4 @@ class LabController:
             self.tree.add(steps, stop_reason="eos" if rollout.eog else "rollout")
         self._emit_tree()
         self.emit(RolloutsReady(index, result))
-        self._emit_frontier()
-
-    def _cmd_frontier(self) -> None:
         self._emit_frontier()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 
 import numpy as np
@@ -13,6 +14,10 @@ from tokenlab.engine import Engine, EngineError, Utf8Stream
 from tokenlab.engine.batch import BatchDecoder
 from tokenlab.lab.step import DEFAULT_TOP_N, NEGATIVE_TOP_N, Candidate, Frontier, Rewind, Step, mass_before
 from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams
+from tokenlab.sampling.constraint import Grammar, constraint_of
+
+if TYPE_CHECKING:
+    from tokenlab.engine.grammar import GrammarConstraint
 
 STOP_EOS = "eos"
 STOP_MAX_TOKENS = "max_tokens"
@@ -105,6 +110,22 @@ class Generation:
         """Phrase-ban rewinds in this run."""
         self.notice: str | None = None
         """A one-line message for the user (a phrase let through); the caller shows it and clears it."""
+        self._grammar: GrammarConstraint | None = None
+        self._grammar_for(self.params)  # a constraint that does not parse fails here, before any decode
+
+    def _grammar_for(self, params: SamplerParams) -> GrammarConstraint | None:
+        """The engine-side grammar of `params`' constraint (built once per constraint), or None."""
+        wanted = constraint_of(params)
+        if wanted is None:
+            return None
+        current = self._grammar
+        if current is None or (current.kind, current.source) != wanted:
+            from tokenlab.engine.grammar import GrammarConstraint
+
+            self._grammar = GrammarConstraint(self.engine, *wanted)
+            if current is not None:
+                current.close()
+        return self._grammar
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -168,6 +189,9 @@ class Generation:
         banned = self._params_at(index, params)
         if banned is not params:
             params, pipeline = banned, None
+        grammar = self._grammar_for(params)
+        # the grammar's state follows the path: replayed from the generated tokens up to this step
+        constraint = grammar.at(self._ids[:index]) if grammar is not None else None
         negative = None
         if params.guidance_scale != 1.0:
             logits, negative = self._guided_rows(context, self._ids[:index], params)
@@ -176,7 +200,8 @@ class Generation:
         return Frontier(logits=logits, history=tuple(context), params=params,
                         pipeline=pipeline, rng_key=(self.seed, index),
                         state=self.steps[index - 1].sampler_state if index else None, step_index=index,
-                        rest_mass=getattr(self.engine, "last_rest_mass", None), negative_logits=negative)
+                        rest_mass=getattr(self.engine, "last_rest_mass", None), negative_logits=negative,
+                        constraint=constraint)
 
     # -- guidance and phrase bans ----------------------------------------------------------------
 
@@ -281,6 +306,9 @@ class Generation:
 
     def set_params(self, params: SamplerParams) -> PipelineResult | None:
         """Use new knobs from the next token on; returns the frontier re-sampled with them, if any."""
+        if constraint_of(params) != constraint_of(self.params):
+            self._grammar_for(params)
+            self._frontier = None  # another constraint: the frontier needs its grammar's mask
         self.params = params
         if self._frontier is not None:
             if self._rows_key(self._frontier.params) != self._rows_key(params):
@@ -342,8 +370,17 @@ class Generation:
         """Append `token_id` at the frontier as if the sampler had drawn it."""
         if not 0 <= token_id < self.engine.n_vocab:
             raise ValueError(f"token id {token_id} is outside the vocabulary (0..{self.engine.n_vocab - 1})")
+        self._check_allowed(len(self.steps), token_id)
         self.stop_reason = None
         return self._record(self.frontier(), int(token_id), forced=True)
+
+    def _check_allowed(self, index: int, token_id: int) -> None:
+        """ValueError when the constraint does not allow `token_id` at step `index` (forcing it would break it)."""
+        grammar = self._grammar_for(self.params)
+        if grammar is not None and not grammar.at(self._ids[:index]).allows(token_id):
+            kind = grammar.kind.replace("_", " ")
+            raise ValueError(f"the {kind} constraint does not allow {self.engine.token_text(token_id)!r} at "
+                             "this step; choose a token it allows (one not marked as removed by grammar)")
 
     def run(self) -> Iterator[Step]:
         """Steps until eos, max_tokens or a full context."""
@@ -380,6 +417,8 @@ class Generation:
 
     def choose(self, index: int, token_id: int) -> Step:
         """Replace the token at step `index` with `token_id`; the text after it is dropped."""
+        if 0 <= index <= len(self.steps) and 0 <= token_id < self.engine.n_vocab:
+            self._check_allowed(index, token_id)  # before anything is dropped
         self.rewind(index)
         return self.force(token_id)
 
@@ -431,6 +470,7 @@ class Generation:
             sampler_state=result.next_state(token_id) or None,
             dice=dice,
             rest_mass=frontier.rest_mass,
+            allowed=next((report.n_kept for report in result.stages if report.name == Grammar.name), None),
             rewound=self._rewound_at[1] if self._rewound_at is not None and self._rewound_at[0] == index else (),
             negative=tuple((token, self.engine.token_text(token), prob)
                            for token, prob in frontier.negative_top(NEGATIVE_TOP_N)) if self.record else (),

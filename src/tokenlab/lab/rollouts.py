@@ -29,6 +29,7 @@ from tokenlab.engine import Engine, EngineError
 from tokenlab.engine.batch import BatchDecoder, max_parallel_sequences
 from tokenlab.lab.step import DEFAULT_TOP_N
 from tokenlab.sampling import Pipeline, PipelineResult, SamplerParams, raw_stats, truncated_raw_stats
+from tokenlab.sampling.constraint import constraint_of
 
 CHECK_ALPHA = 1e-3
 """The empirical check fails when its p-value is below this."""
@@ -415,6 +416,9 @@ def run_rollouts(
         # each rollout would need its own negative sequence and its own rewinds: say so, never ignore them
         raise ValueError("rollouts sample without guidance and phrase bans; set the guidance scale to 1 "
                          "and clear the banned phrases to sample rollouts")
+    if constraint_of(params) is not None:
+        raise ValueError("rollouts do not support a grammar, regex or JSON schema constraint yet; "
+                         "run them without --grammar, --regex and --json-schema")
     budget = engine.n_ctx
     if len(context) + length > budget:
         raise EngineError(

@@ -247,6 +247,7 @@ def step_from_json(data: dict[str, Any], where: str = "step") -> Step:
         sampler_state=state,
         dice=_dice(data, where),
         rest_mass=_probability(data, "rest_mass", where) if data.get("rest_mass") is not None else None,
+        allowed=_integer(data, "allowed", low=0, where=where) if data.get("allowed") is not None else None,
         rewound=_rewound(data, where),
         negative=_negative(data, where),
     )

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams, raw_stats, truncated_raw_stats
+from tokenlab.sampling.constraint import TokenConstraint
 
 DEFAULT_TOP_N = 20
 """Candidates kept in a step's record."""
@@ -101,6 +102,9 @@ class Step:
     None when the token was forced, when it was the only one left, or for a step not recorded in full."""
     rest_mass: float | None = None
     """With a remote engine: the probability of the tokens outside the server's top K (None: full vocabulary)."""
+    allowed: int | None = None
+    """With a grammar, regex or JSON schema: how many tokens it let through at this step (1: the constraint
+    forced the token); None without a constraint."""
     rewound: tuple[Rewind, ...] = ()
     """Phrase-ban rewinds that restarted the run at this step, oldest first (their tokens came before this one)."""
     negative: tuple[tuple[int, str, float], ...] = ()
@@ -127,6 +131,7 @@ class Step:
             **({"sampler_state": dict(self.sampler_state)} if self.sampler_state else {}),
             **({"dice": {"u": self.dice[0], "before": self.dice[1]}} if self.dice is not None else {}),
             **({"rest_mass": self.rest_mass} if self.rest_mass is not None else {}),
+            **({"allowed": self.allowed} if self.allowed is not None else {}),
             **({"rewound": [rewind.to_json() for rewind in self.rewound]} if self.rewound else {}),
             **({"negative": [{"id": i, "text": t, "prob": p} for i, t, p in self.negative]} if self.negative else {}),
             "top": [
@@ -170,6 +175,8 @@ class Frontier:
     rest_mass: float | None = None
     """For a remote row (a server's top K log-probabilities, -inf elsewhere): the probability of the rest of
     the vocabulary. Raw probabilities are then the server's own, and the candidates are the K it named."""
+    constraint: TokenConstraint | None = None
+    """The grammar at this step (which tokens it allows), when the params carry one."""
     negative_logits: np.ndarray | None = None
     """The negative context's float32 row at this step, when classifier-free guidance decoded one."""
     result: PipelineResult = field(init=False)
@@ -187,7 +194,8 @@ class Frontier:
         assert self.pipeline is not None
         self.rng = np.random.default_rng(self.rng_key)
         self.result = self.pipeline.run(self.logits, self.history, rng=self.rng, state=self.state,
-                                        step_index=self.step_index, negative_logits=self.negative_logits)
+                                        step_index=self.step_index, negative_logits=self.negative_logits,
+                                        constraint=self.constraint)
 
     @property
     def raw(self) -> RawStats:

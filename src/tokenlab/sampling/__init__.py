@@ -32,6 +32,7 @@ stage at once ~1 ms (2,000 tokens of history), and `raw_stats` ~0.4 ms.
 from __future__ import annotations
 
 from tokenlab.sampling.candidates import Candidates, softmax
+from tokenlab.sampling.constraint import CONSTRAINT_FIELDS, AllowedTokens, TokenConstraint
 from tokenlab.sampling.history import DRY_DEFAULT_BREAKERS, dry_breaker_sequences
 from tokenlab.sampling.mirostat import MIROSTAT_MU
 from tokenlab.sampling.params import (
@@ -65,6 +66,9 @@ from tokenlab.sampling.stages import (
 from tokenlab.sampling.stats import RawStats, raw_stats, truncated_raw_stats
 
 __all__ = [
+    "CONSTRAINT_FIELDS",
+    "AllowedTokens",
+    "TokenConstraint",
     "BUILTIN_PRESETS",
     "DEFAULT_ORDER",
     "DRY_DEFAULT_BREAKERS",

@@ -9,8 +9,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tokenlab.sampling import filters, guidance, history, mirostat, shaping, watermark  # noqa: F401  (they register stages)
+from tokenlab.sampling import constraint, filters, guidance, history, mirostat, shaping, watermark  # noqa: F401  (they register stages)
 from tokenlab.sampling._validate import check_bias, check_token_id
+from tokenlab.sampling.constraint import check_constraint
 from tokenlab.sampling.declare import KNOB_METADATA, FieldRange, declared, knob
 from tokenlab.sampling.history import check_breakers
 from tokenlab.sampling.mirostat import check_mirostat
@@ -438,6 +439,21 @@ class SamplerParams:
         label="p-less", stage="p_less", fine=0.05, coarse=0.25, origin="p-less paper (llama.cpp PR #26035)",
         hint="keep p >= strength·Σp² (1 = the paper); 0 = off")
     """p-less strength: keep p >= p_less·Σp² (1 = the paper's rule); 0 turns it off."""
+    # -- hard constraints: source text, not turnable knobs (the grammar stage, sampling/constraint.py) --
+    grammar: str | None = knob(
+        None, flag="--grammar", panel="Constraints", cli_type=str,
+        help="GBNF grammar FILE the whole output must follow (llama.cpp's grammar sampler); tokens it rejects "
+             "are removed by 'grammar'.")
+    """A GBNF grammar (its text) the whole generated text must follow; None is no grammar."""
+    regex: str | None = knob(
+        None, flag="--regex", panel="Constraints", origin="tokenlab",
+        help="Regular expression the whole output must match (literals, classes, ., groups, |, repetition; "
+             "turned into a grammar), e.g. '[0-9]{3}-[0-9]{4}'.")
+    """A regular expression the whole generated text must match; None is none."""
+    json_schema: str | None = knob(
+        None, flag="--json-schema", panel="Constraints", cli_type=str,
+        help="JSON schema FILE: the output is an instance of it (turned into a grammar as llama.cpp does).")
+    """A JSON schema (its JSON text) the generated text must be an instance of; None is none."""
     # -- classifier-free guidance and phrase bans: the generation loop decodes the negative context
     # and rewinds; the pipeline sees the negative row (the guidance stage) and per-step bans
     guidance_scale: float = knob(
@@ -473,6 +489,9 @@ class SamplerParams:
             watermark_scheme=check_scheme(self.watermark_scheme),
             negative_prompt=check_negative_prompt(self.negative_prompt),
             ban_phrases=check_ban_phrases(self.ban_phrases),
+        )
+        checked["grammar"], checked["regex"], checked["json_schema"] = check_constraint(
+            self.grammar, self.regex, self.json_schema
         )
         end, steps, curve = check_schedule(
             checked["temperature"],  # type: ignore[arg-type]

@@ -15,7 +15,10 @@ received at least that many.  The exceptions choose by design: greedy decoding (
 temperature of 0) keeps exactly the most likely token, and mirostat_v2 may keep a single one, as in
 llama.cpp.
 
-A run is a pure function of (logits, history, rng, state, step_index): stochastic stages (xtc) draw
+A grammar (`constraint.py`) runs right after logit_bias and ban: it keeps the tokens the run's
+`constraint` allows; the uniform fallback is then over the allowed tokens the constraint allows too.
+
+A run is a pure function of (logits, history, rng, state, step_index, constraint): stochastic stages (xtc) draw
 from `rng` (a fixed-seed generator when None, so `distribution()` is deterministic), stateful ones
 (mirostat_v2) read `state`, and `PipelineResult.next_state(token_id)` gives the state for the next
 step.  Nothing is kept between runs, so a rewound or branched generation just reuses old states.
@@ -40,6 +43,7 @@ from tokenlab.sampling.candidates import (
     sort_dense,
     workspace_candidates,
 )
+from tokenlab.sampling.constraint import Grammar, TokenConstraint
 from tokenlab.sampling.params import SamplerParams
 from tokenlab.sampling.stages import (
     EMPTY_STATE,
@@ -361,6 +365,8 @@ class PipelineResult:
                 return Ban.name
             if self.params.logit_bias.get(token_id) == -np.inf:
                 return LogitBias.name
+            if any(report.name == Grammar.name for report in self.stages):
+                return Grammar.name  # the fallback is uniform over what bans and the grammar allow
         raw_logit = self._raw[token_id]
         if not raw_logit > -np.inf:  # -inf or NaN
             return REMOVED_BY_INPUT
@@ -403,8 +409,9 @@ class Pipeline:
         if not isinstance(self.params, SamplerParams):
             raise ValueError(f"Pipeline needs a SamplerParams, got {type(self.params).__name__}")
         # guidance first: it rebuilds the row from two distributions, and the user's biases and bans
-        # (phrase bans too) must then act on the guided row, unscaled, whatever the guidance scale
-        first = (Guidance.from_params(self.params), LogitBias.from_params(self.params), Ban.from_params(self.params))
+        # (phrase bans too) and the grammar must then act on the guided row, unscaled, whatever the scale
+        first = (Guidance.from_params(self.params), LogitBias.from_params(self.params), Ban.from_params(self.params),
+                 Grammar.from_params(self.params))
         self._first: tuple[Stage, ...] = tuple(stage for stage in first if stage is not None)
         ordered = (STAGES[name].from_params(self.params) for name in self.params.samplers)
         self._ordered: tuple[Stage, ...] = tuple(stage for stage in ordered if stage is not None)
@@ -432,13 +439,15 @@ class Pipeline:
         state: Mapping[str, object] | None = None,
         step_index: int = 0,
         negative_logits: np.ndarray | None = None,
+        constraint: TokenConstraint | None = None,
     ) -> PipelineResult:
         """Apply every stage to one raw logits row (never modified; reports may reference it).
 
         `rng` feeds stochastic stages (default: a generator seeded with `step_index`), `state` is
         the mapping a previous `next_state` returned (None: the initial state), `step_index`
-        the 0-based index of the token being generated (temperature schedules), and
-        `negative_logits` the negative context's row at this step (classifier-free guidance).
+        the 0-based index of the token being generated (temperature schedules), `negative_logits`
+        the negative context's row at this step (classifier-free guidance), and `constraint` says
+        which tokens the params' grammar allows at this step (needed when they set one).
         """
         row = as_row(logits)
         checked_state = _checked_state(state)
@@ -455,6 +464,7 @@ class Pipeline:
             state=checked_state,
             step_index=step_index,
             negative_logits=None if negative_logits is None else as_row(negative_logits),
+            constraint=constraint,
         )
         top = row.max()
         if np.isnan(top):
@@ -467,9 +477,12 @@ class Pipeline:
 
         reports: list[StageReport] = []
         for stage in self._first:
-            after = stage.apply(candidates, context)
-            reports.append(StageReport(stage.name, stage.describe(), candidates, after))
-            candidates = after
+            first_outcome = stage.outcome(candidates, context)
+            params = stage.describe()
+            if first_outcome.details:
+                params.update(first_outcome.details)
+            reports.append(StageReport(stage.name, params, candidates, first_outcome.candidates))
+            candidates = first_outcome.candidates
         if self._first:
             top = candidates.max_logit()
         if top == -np.inf:
@@ -477,7 +490,7 @@ class Pipeline:
                 params=self.params,
                 raw=row,
                 stages=tuple(reports),
-                final=self._uniform_over_allowed(context.n_vocab),
+                final=self._uniform_over_allowed(context),
                 uniform_fallback=True,
                 state=checked_state,
                 step_index=step_index,
@@ -505,13 +518,22 @@ class Pipeline:
             stateful=tuple(stateful),
         )
 
-    def _uniform_over_allowed(self, n_vocab: int) -> Candidates:
+    def _grammar(self) -> Grammar | None:
+        return next((stage for stage in self._first if isinstance(stage, Grammar)), None)
+
+    def _uniform_over_allowed(self, context: StepContext) -> Candidates:
+        n_vocab = context.n_vocab
         allowed = np.ones(n_vocab, dtype=bool)
         banned = [i for i in self.params.ban if i < n_vocab]
         banned += [
             i for i, bias in self.params.logit_bias.items() if bias == -np.inf and i < n_vocab
         ]
         allowed[banned] = False
+        grammar = self._grammar()
+        if grammar is not None:
+            # a hard constraint outranks the bans: with nothing both allowed and unbanned, keep its tokens
+            grammar_mask = grammar.mask(context)
+            allowed = allowed & grammar_mask if (allowed & grammar_mask).any() else grammar_mask.copy()
         if not allowed.any():
             allowed[:] = True
         return Candidates.dense(np.where(allowed, 0.0, -np.inf))

@@ -29,6 +29,7 @@ from tokenlab.sampling._validate import check_bias, check_float, check_int, chec
 from tokenlab.sampling.candidates import FMAX, Candidates, guard_overflow, locate, softmax
 
 if TYPE_CHECKING:
+    from tokenlab.sampling.constraint import TokenConstraint
     from tokenlab.sampling.params import SamplerParams
 
 # Dense top-p first sorts only this many of the best tokens and sorts the rest only when they do not
@@ -55,6 +56,8 @@ class StepContext:
     """0-based index of the token being generated (drives temperature schedules)."""
     negative_logits: np.ndarray | None = None
     """The negative context's raw row at this step, for classifier-free guidance (see guidance.py)."""
+    constraint: TokenConstraint | None = None
+    """Which tokens a grammar allows at this step (see `constraint.py`); None without a constraint."""
 
 
 class Cutoff(NamedTuple):

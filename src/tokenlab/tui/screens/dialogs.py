@@ -25,7 +25,7 @@ from tokenlab.sampling import SamplerParams
 HELP_PANELS: tuple[tuple[str, str], ...] = (
     ("text", "The generated text, after the prompt (dimmed). Each token's background says how likely the "
              "model found it; every other token is a shade darker so you can see where tokens start; an "
-             "underlined token was forced (enter); ▍ marks the live next step while paused."),
+             "underlined token was forced (enter), an italic one by the grammar (the only token it allowed); ▍ marks the live next step while paused."),
     ("colours", "c cycles what the colours mean: raw p (the model's own probability, temperature 1, no knob), "
                 "final p (after every knob), rank (GLTR: green top-10, yellow top-100, red top-1000, purple "
                 "the rest) or entropy (how unsure the model was at that step). On the probability scales red "

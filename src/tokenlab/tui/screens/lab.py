@@ -2,14 +2,17 @@
 
 Threading rule: the controller thread (a Textual thread worker running LabController.serve) owns the
 engine and the generation and never touches a widget; it posts LabEventMessage. Every state change of
-the screen happens in the handlers below, on the UI thread.
+the screen happens in the handlers below, on the UI thread: one small handler per event type
+(`_EVENT_HANDLERS`). The screen talks back only with the typed commands of `tokenlab.lab.commands`.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections import deque
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 from rich.text import Text
 
@@ -17,21 +20,47 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from tokenlab.export import SESSION_FORMAT, format_for, write_session
 from tokenlab.files import OutsideDirectoryError, confined_path, write_text_atomic
+from tokenlab.lab.commands import (
+    Choose,
+    CompareRuns,
+    CompareStep,
+    NameTokens,
+    Pause,
+    Play,
+    Regenerate,
+    ResolveToken,
+    Rollouts,
+    Save,
+    Score,
+    SetHotTokens,
+    SetLoop,
+    SetParams,
+    SetPrompt,
+    SetSeed,
+    ShowStages,
+    StepOnce,
+    SwitchBranch,
+    Toggle,
+)
 from tokenlab.lab.controller import (
     EngineReady,
     FrontierView,
     LabController,
+    LabEvent,
     LabFailed,
     LabNotice,
     RunStarted,
     RunStopped,
+    RunsCompared,
     StateChanged,
+    StepCompared,
     StepsAdded,
     RolloutProgress,
     RolloutsReady,
@@ -67,6 +96,12 @@ HISTORY_SIZE = 15
 ROLLOUT_N, ROLLOUT_LENGTH = 64, 16
 HOT_FINE, HOT_COARSE = 0.5, 2.0
 KNOB_KEYS = {"t": "temperature", "k": "top_k", "p": "top_p", "m": "min_p", "y": "typical_p"}
+NEEDS_MODEL = frozenset({"toggle_run", "step", "regenerate", "toggle_loop", "choose", "rollouts", "stage_view",
+                         "score", "hot_token", "set_seed", "compare"})
+"""Actions that ask the model something: dimmed until it is loaded (and for good if it failed to load)."""
+DIMMABLE = (*sorted(NEEDS_MODEL), "cursor", "cursor_home", "candidate", "back_to_live", "toggle_stage",
+            "move_stage", "reset_knob")
+"""Every action check_action can dim."""
 
 
 _KEY_NAMES = {
@@ -103,72 +138,80 @@ class LabScreen(Screen[None]):
     """Generation you can pause, inspect, re-sample and branch, with every knob on a key."""
 
     BINDINGS = [
-        Binding("space", "toggle_run", "Pause", tooltip="Pause or resume generation"),
-        Binding("n", "step", "Step", tooltip="Sample one token (pauses first)"),
-        Binding("r", "regenerate", "Regen", tooltip="Start over from the prompt with the current knobs"),
-        Binding("l", "toggle_loop", "Loop", tooltip="Regenerate over and over, keeping the last runs"),
-        Binding("e", "edit_prompt", "Prompt", tooltip="Edit the prompt (enter runs it)"),
-        Binding("c", "cycle_colours", "Colours", tooltip="Colour tokens by raw p, final p, rank or entropy"),
-        Binding("question_mark", "help", "Help", tooltip="Every key"),
-        Binding("q", "quit", "Quit", tooltip="Quit tokenlab"),
-        Binding("left", "cursor(-1)", "Prev token", show=False, tooltip="Inspect the previous step"),
-        Binding("right", "cursor(1)", "Next token", show=False, tooltip="Inspect the next step"),
-        Binding("home", "cursor_home", "First token", show=False, tooltip="Inspect the first step"),
-        Binding("end", "cursor_end", "Newest", show=False, tooltip="Follow the newest step / the live frontier"),
-        Binding("up", "select_knob(-1)", "Knob up", show=False, tooltip="Select the knob above"),
-        Binding("down", "select_knob(1)", "Knob down", show=False, tooltip="Select the knob below"),
-        Binding("plus,equals_sign", "turn(1)", "Knob +", show=False, tooltip="Raise the selected knob (fine)"),
-        Binding("minus", "turn(-1)", "Knob -", show=False, tooltip="Lower the selected knob (fine)"),
-        Binding("greater_than_sign", "turn(1, True)", "Knob ++", show=False, tooltip="Raise the selected knob (coarse)"),
-        Binding("less_than_sign", "turn(-1, True)", "Knob --", show=False, tooltip="Lower the selected knob (coarse)"),
-        Binding("0", "reset_knob", "Reset knob", show=False, tooltip="Put the selected knob back to its default"),
-        Binding("o", "toggle_stage", "Stage on/off", show=False, tooltip="Switch the selected knob's stage on or off"),
-        Binding("t", "knob('temperature')", "Temperature", show=False, tooltip="Select the temperature knob"),
-        Binding("k", "knob('top_k')", "Top-k", show=False, tooltip="Select the top-k knob"),
-        Binding("p", "knob('top_p')", "Top-p", show=False, tooltip="Select the top-p knob"),
-        Binding("m", "knob('min_p')", "Min-p", show=False, tooltip="Select the min-p knob"),
-        Binding("y", "knob('typical_p')", "Typical-p", show=False, tooltip="Select the typical-p knob"),
-        Binding("left_curly_bracket", "move_stage(-1)", "Stage earlier", show=False, tooltip="Move the selected knob's stage earlier in the order"),
-        Binding("right_curly_bracket", "move_stage(1)", "Stage later", show=False, tooltip="Move the selected knob's stage later in the order"),
-        Binding("s", "save_session", "Save", show=False, tooltip="Save the session (.json: prompt, knobs, the tree with every step) or export it (.md, .html, .svg screenshot)"),
-        Binding("R", "rollouts", "Rollouts", show=False, tooltip="Sample 64 continuations of 16 tokens from the inspected step in one batch (again: cancel)"),
-        Binding("i", "stage_view", "Stages", tooltip="The distribution after every stage at the inspected step"),
-        Binding("P", "presets", "Presets", show=False, tooltip="Load a preset of all knobs, or save the current ones"),
-        Binding("h", "hot_token", "Hot token", show=False, tooltip="Pick a token to boost or suppress with +/-"),
-        Binding("S", "set_seed", "Seed", show=False, tooltip="Set the random seed (restarts the run)"),
-        Binding("left_square_bracket", "candidate(-1)", "Cand. up", show=False, tooltip="Select the candidate above"),
-        Binding("right_square_bracket", "candidate(1)", "Cand. down", show=False, tooltip="Select the candidate below"),
-        Binding("enter", "choose", "Choose", show=False, tooltip="Force the selected candidate at this step and go on from there"),
-        Binding("x", "expand", "More cand.", show=False, tooltip="Show 5 candidates or as many as fit"),
-        Binding("v", "history", "History", show=False, tooltip="The last runs; pick one to view it"),
-        Binding("g", "score", "Score text", show=False, tooltip="Score a text you paste (GLTR): how likely the model finds each token"),
-        Binding("b", "tree", "Tree", tooltip="The tree of branches from this prompt; enter switches to one"),
-        Binding("escape", "back_to_live", "Live", show=False, tooltip="Back from a history run to the live one"),
+        Binding("space", "toggle_run", "Pause", tooltip="Pause or resume generation", id="pause"),
+        Binding("n", "step", "Step", tooltip="Sample one token (pauses first)", id="step"),
+        Binding("r", "regenerate", "Regen", tooltip="Start over from the prompt with the current knobs", id="regenerate"),
+        Binding("l", "toggle_loop", "Loop", tooltip="Regenerate over and over, keeping the last runs", id="loop"),
+        Binding("e", "edit_prompt", "Prompt", tooltip="Edit the prompt (enter runs it)", id="edit-prompt"),
+        Binding("c", "cycle_colours", "Colours", tooltip="Colour tokens by raw p, final p, rank or entropy", id="colours"),
+        Binding("question_mark", "help", "Help", tooltip="Every key", id="help"),
+        Binding("q", "quit", "Quit", tooltip="Quit tokenlab", id="quit"),
+        Binding("left", "cursor(-1)", "Prev token", show=False, tooltip="Inspect the previous step", id="previous-token"),
+        Binding("right", "cursor(1)", "Next token", show=False, tooltip="Inspect the next step", id="next-token"),
+        Binding("home", "cursor_home", "First token", show=False, tooltip="Inspect the first step", id="first-token"),
+        Binding("end", "cursor_end", "Newest", show=False, tooltip="Follow the newest step / the live frontier", id="newest-token"),
+        Binding("up", "select_knob(-1)", "Knob up", show=False, tooltip="Select the knob above", id="knob-up"),
+        Binding("down", "select_knob(1)", "Knob down", show=False, tooltip="Select the knob below", id="knob-down"),
+        Binding("plus,equals_sign", "turn(1)", "Knob +", show=False, tooltip="Raise the selected knob (fine)", id="knob-raise"),
+        Binding("minus", "turn(-1)", "Knob -", show=False, tooltip="Lower the selected knob (fine)", id="knob-lower"),
+        Binding("greater_than_sign", "turn(1, True)", "Knob ++", show=False, tooltip="Raise the selected knob (coarse)", id="knob-raise-coarse"),
+        Binding("less_than_sign", "turn(-1, True)", "Knob --", show=False, tooltip="Lower the selected knob (coarse)", id="knob-lower-coarse"),
+        Binding("0", "reset_knob", "Reset knob", show=False, tooltip="Put the selected knob back to its default", id="knob-reset"),
+        Binding("o", "toggle_stage", "Stage on/off", show=False, tooltip="Switch the selected knob's stage on or off", id="stage-on-off"),
+        Binding("t", "knob('temperature')", "Temperature", show=False, tooltip="Select the temperature knob", id="knob-temperature"),
+        Binding("k", "knob('top_k')", "Top-k", show=False, tooltip="Select the top-k knob", id="knob-top-k"),
+        Binding("p", "knob('top_p')", "Top-p", show=False, tooltip="Select the top-p knob", id="knob-top-p"),
+        Binding("m", "knob('min_p')", "Min-p", show=False, tooltip="Select the min-p knob", id="knob-min-p"),
+        Binding("y", "knob('typical_p')", "Typical-p", show=False, tooltip="Select the typical-p knob", id="knob-typical-p"),
+        Binding("left_curly_bracket", "move_stage(-1)", "Stage earlier", show=False, tooltip="Move the selected knob's stage earlier in the order", id="stage-earlier"),
+        Binding("right_curly_bracket", "move_stage(1)", "Stage later", show=False, tooltip="Move the selected knob's stage later in the order", id="stage-later"),
+        Binding("s", "save_session", "Save", show=False, tooltip="Save the session (.json: prompt, knobs, the tree with every step) or export it (.md, .html, .svg screenshot)", id="save"),
+        Binding("R", "rollouts", "Rollouts", show=False, tooltip="Sample 64 continuations of 16 tokens from the inspected step in one batch (again: cancel)", id="rollouts"),
+        Binding("a", "compare", "A/B", show=False, tooltip="A/B: the inspected step under the current knobs and a preset side by side (← → other presets, g generates both)", id="compare"),
+        Binding("i", "stage_view", "Stages", tooltip="The distribution after every stage at the inspected step", id="stages"),
+        Binding("P", "presets", "Presets", show=False, tooltip="Load a preset of all knobs, or save the current ones", id="presets"),
+        Binding("h", "hot_token", "Hot token", show=False, tooltip="Pick a token to boost or suppress with +/-", id="hot-token"),
+        Binding("S", "set_seed", "Seed", show=False, tooltip="Set the random seed (restarts the run)", id="seed"),
+        Binding("left_square_bracket", "candidate(-1)", "Cand. up", show=False, tooltip="Select the candidate above", id="candidate-up"),
+        Binding("right_square_bracket", "candidate(1)", "Cand. down", show=False, tooltip="Select the candidate below", id="candidate-down"),
+        Binding("enter", "choose", "Choose", show=False, tooltip="Force the selected candidate at this step and go on from there", id="choose"),
+        Binding("x", "expand", "More cand.", show=False, tooltip="Show 5 candidates or as many as fit", id="more-candidates"),
+        Binding("v", "history", "History", show=False, tooltip="The last runs; pick one to view it", id="history"),
+        Binding("g", "score", "Score text", show=False, tooltip="Score a text you paste (GLTR): how likely the model finds each token", id="score"),
+        Binding("b", "tree", "Tree", tooltip="The tree of branches from this prompt; enter switches to one", id="tree"),
+        Binding("escape", "back_to_live", "Live", show=False, tooltip="Back from a history run to the live one", id="back-to-live"),
     ]
+
+    params: reactive[SamplerParams] = reactive(SamplerParams, init=False, repaint=False)
+    """The knobs: the one copy the keys edit; each change reaches the controller as SetParams (watch_params)."""
+    running: reactive[bool] = reactive(False, init=False, repaint=False)
+    """Whether the controller is generating, as its last StateChanged said."""
+    cursor: reactive[int | None] = reactive(None, init=False, repaint=False)
+    """Inspected step; None follows the newest step (or the live frontier when paused)."""
+    selected_knob: reactive[int] = reactive(0, init=False, repaint=False)
+    """Row of the knob panel the knob keys act on: the knobs, then one row per hot token."""
+    candidate_limit: reactive[int] = reactive(5, init=False, repaint=False)
+    """Candidates listed now (5, or as many as fit when expanded)."""
 
     def __init__(self, controller: LabController) -> None:
         super().__init__()
         self.controller = controller
         settings = controller.settings
-        self.params: SamplerParams = settings.params
+        # the controller's own copy: it has them already, so no SetParams goes back
+        self.set_reactive(LabScreen.params, settings.params)
         self.prompt = settings.prompt
         self.chat: bool | None = settings.chat
         self.seed = settings.seed
-        self.max_tokens = settings.max_tokens
         self.model_name = "loading model…"
         self.model_ready = False
+        self._compare_preset = 0
+        """The preset the A/B view compares with (an index into the preset list)."""
         self.run_id = 0
         self.steps: list[Step] = []
         self.frontier: FrontierView | None = None
-        self.cursor: int | None = None
-        """Inspected step; None follows the newest step (or the live frontier when paused)."""
-        self.selected_knob = 0
         self.selected_candidate = 0
         self.expanded = False
         """x: as many candidates as fit instead of 5."""
-        self.candidate_limit = 5
-        """Candidates listed now (5, or as many as fit when expanded)."""
-        self.running = False
         self.loop = False
         self.stop_reason: str | None = None
         self.tokens_per_second = 0.0
@@ -185,6 +228,8 @@ class LabScreen(Screen[None]):
         self.rollout_progress: tuple[int, int] | None = None
         """(steps done, total) while rollouts run."""
         self._legend_mode: tuple[str, int] | None = None
+        self._key_state: tuple[object, ...] | None = None
+        """What check_action last decided from; the footer is refreshed when it changes."""
 
     # -- layout ------------------------------------------------------------------------------------
 
@@ -230,89 +275,204 @@ class LabScreen(Screen[None]):
 
     @on(LabEventMessage)
     def lab_event(self, message: LabEventMessage) -> None:
-        event = message.event
-        if isinstance(event, StepsAdded):
-            if event.run_id != self.run_id:
-                return
-            del self.steps[event.start:]
-            self.steps.extend(event.steps)
-            self.tokens_per_second = event.tokens_per_second
-            self.slow = event.slow
-            if self.frontier is not None and self.frontier.index != len(self.steps):
-                self.frontier = None
-        elif isinstance(event, FrontierView):
-            if event.run_id != self.run_id:
-                return
-            self.frontier = event
-        elif isinstance(event, RunStarted):
-            self.run_id = event.run_id
-            self.seed = event.seed
-            self.params = event.params
-            self._sync_hot()
-            self.prompt = event.prompt
-            self.steps = []
-            self.frontier = None
-            self.cursor = None
-            self.stop_reason = None
-            self.tokens_per_second = 0.0
-            self.slow = None
-            self.chat = event.chat
-        elif isinstance(event, RunStopped):
-            if event.run_id == self.run_id:
-                self.stop_reason = event.reason
-                if not event.replayed:
-                    self.tokens_per_second = event.tokens_per_second
-                    self.history.append(RunRecord(event.run_id, self.seed, self.params, tuple(self.steps),
-                                                  event.reason))
-        elif isinstance(event, ScoreReady):
-            from tokenlab.tui.screens.score import ScoreScreen
-
-            self.app.push_screen(ScoreScreen(event.steps, event.summary, event.watermark))
-        elif isinstance(event, SessionSaved):
-            files_dir = self.controller.settings.files_dir
-            # a served lab takes relative paths only: offer the saved file as one next time
-            self.save_path = event.path if files_dir is None else os.path.relpath(event.path, files_dir)
-            if not format_for(event.path, default=SESSION_FORMAT).loadable:
-                self.notify(f"exported to {event.path} (an export cannot be loaded back; save .json for that)",
-                            markup=False)
-            else:
-                self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)", markup=False)
-        elif isinstance(event, RolloutProgress):
-            self.rollout_progress = (event.done, event.total)
-        elif isinstance(event, RolloutsReady):
-            self.rollout_progress = None
-            self.app.push_screen(RolloutScreen(event.index, event.result))
-        elif isinstance(event, StageViewReady):
-            self.app.push_screen(StageScreen(event.index, event.view))
-        elif isinstance(event, TreeChanged):
-            self.branch_tree = event
-        elif isinstance(event, StateChanged):
-            self.running = event.running
-            self.loop = event.loop
-            if self.running:
-                self.stop_reason = None if self.stop_reason not in ("eos", "context_full", "max_tokens") else self.stop_reason
-        elif isinstance(event, EngineReady):
-            self.model_name = event.model_name
-            self.model_ready = True
-        elif isinstance(event, TokenResolved):
-            self.token_names[event.token_id] = event.text
-            if event.token_id not in self.hot_ids():
-                self.picked_hot.append(event.token_id)
-            self.selected_knob = len(KNOBS) + self.hot_ids().index(event.token_id)
-            self._sync_hot()
-        elif isinstance(event, TokensNamed):
-            self.token_names.update(event.names)
-        elif isinstance(event, RunsLoaded):
-            for number, (steps, reason) in enumerate(event.runs[-HISTORY_SIZE:], start=1):
-                self.history.append(RunRecord(number, None, None, steps, reason))
-        elif isinstance(event, LabNotice):
-            self.notify(event.message, timeout=8)
-        elif isinstance(event, LabFailed):
-            self.rollout_progress = None
-            if not self.model_ready and self.model_name == "loading model…":
-                self.model_name = "no model"
-            self.notify(event.message, severity="error", timeout=8, markup=False)
+        """Hand the event to the handler of its type, then render."""
+        handler = self._EVENT_HANDLERS.get(type(message.event))
+        if handler is None:
+            raise TypeError(f"the lab screen has no handler for {type(message.event).__name__}")
+        handler(self, message.event)
         self.refresh_view()
+
+    def _got_steps_added(self, event: StepsAdded) -> None:
+        if event.run_id != self.run_id:
+            return  # a batch of a run that has been replaced
+        del self.steps[event.start:]
+        self.steps.extend(event.steps)
+        self.tokens_per_second = event.tokens_per_second
+        self.slow = event.slow
+        if self.frontier is not None and self.frontier.index != len(self.steps):
+            self.frontier = None
+
+    def _got_frontier(self, event: FrontierView) -> None:
+        if event.run_id == self.run_id:
+            self.frontier = event
+
+    def _got_run_started(self, event: RunStarted) -> None:
+        self.run_id = event.run_id
+        self.seed = event.seed
+        self.set_reactive(LabScreen.params, event.params)  # the controller's: nothing to send back
+        self._sync_hot()
+        self.prompt = event.prompt
+        self.steps = []
+        self.frontier = None
+        self.cursor = None
+        self.stop_reason = None
+        self.tokens_per_second = 0.0
+        self.slow = None
+        self.chat = event.chat
+
+    def _got_run_stopped(self, event: RunStopped) -> None:
+        if event.run_id != self.run_id:
+            return
+        self.stop_reason = event.reason
+        if not event.replayed:
+            self.tokens_per_second = event.tokens_per_second
+            self.history.append(RunRecord(event.run_id, self.seed, self.params, tuple(self.steps), event.reason))
+
+    def _got_score(self, event: ScoreReady) -> None:
+        from tokenlab.tui.screens.score import ScoreScreen
+
+        self.app.push_screen(ScoreScreen(event.steps, event.summary, event.watermark))
+
+    def _got_session_saved(self, event: SessionSaved) -> None:
+        files_dir = self.controller.settings.files_dir
+        # a served lab takes relative paths only: offer the saved file as one next time
+        self.save_path = event.path if files_dir is None else os.path.relpath(event.path, files_dir)
+        if not format_for(event.path, default=SESSION_FORMAT).loadable:
+            self.notify(f"exported to {event.path} (an export cannot be loaded back; save .json for that)",
+                        markup=False)
+        else:
+            self.notify(f"session saved to {event.path} (open it with tokenlab lab --load)", markup=False)
+
+    def _got_rollout_progress(self, event: RolloutProgress) -> None:
+        self.rollout_progress = (event.done, event.total)
+
+    def _got_rollouts(self, event: RolloutsReady) -> None:
+        self.rollout_progress = None
+        self.app.push_screen(RolloutScreen(event.index, event.result))
+
+    def _got_stage_view(self, event: StageViewReady) -> None:
+        self.app.push_screen(StageScreen(event.index, event.view))
+
+    def _got_step_compared(self, event: StepCompared) -> None:
+        from tokenlab.render import describe_difference
+        from tokenlab.tui.screens.compare import CompareScreen
+
+        def then(answer: tuple[str, int] | None) -> None:
+            if answer is None:
+                return
+            what, preset = answer
+            if what == "runs":
+                self.controller.send(CompareRuns(event.index, event.params_b, event.label))
+            else:
+                self._compare_with(event.index, preset)
+
+        screen = CompareScreen(event.index, event.label, self._compare_preset, event.comparison,
+                               describe_difference(self.params, event.params_b))
+        self.app.push_screen(screen, then)
+
+    def _got_runs_compared(self, event: RunsCompared) -> None:
+        from tokenlab.tui.screens.compare import CompareRunsScreen
+
+        self.app.push_screen(CompareRunsScreen(event.index, event.label, event.comparison))
+
+    def _got_tree(self, event: TreeChanged) -> None:
+        self.branch_tree = event
+
+    def _got_state(self, event: StateChanged) -> None:
+        self.running = event.running
+        self.loop = event.loop
+
+    def _got_engine_ready(self, event: EngineReady) -> None:
+        self.model_name = event.model_name
+        self.model_ready = True
+
+    def _got_token_resolved(self, event: TokenResolved) -> None:
+        self.token_names[event.token_id] = event.text
+        if event.token_id not in self.hot_ids():
+            self.picked_hot.append(event.token_id)
+        self.selected_knob = len(KNOBS) + self.hot_ids().index(event.token_id)
+        self._sync_hot()
+
+    def _got_tokens_named(self, event: TokensNamed) -> None:
+        self.token_names.update(event.names)
+
+    def _got_runs_loaded(self, event: RunsLoaded) -> None:
+        for number, (steps, reason) in enumerate(event.runs[-HISTORY_SIZE:], start=1):
+            self.history.append(RunRecord(number, None, None, steps, reason))
+
+    def _got_notice(self, event: LabNotice) -> None:
+        self.notify(event.message, timeout=8)
+
+    def _got_failure(self, event: LabFailed) -> None:
+        self.rollout_progress = None
+        if not self.model_ready and self.model_name == "loading model…":
+            self.model_name = "no model"
+        self.notify(event.message, severity="error", timeout=8, markup=False)
+
+    _EVENT_HANDLERS: ClassVar[dict[type[LabEvent], Callable[[LabScreen, Any], None]]] = {
+        StepsAdded: _got_steps_added,
+        FrontierView: _got_frontier,
+        RunStarted: _got_run_started,
+        RunStopped: _got_run_stopped,
+        ScoreReady: _got_score,
+        SessionSaved: _got_session_saved,
+        RolloutProgress: _got_rollout_progress,
+        RolloutsReady: _got_rollouts,
+        StageViewReady: _got_stage_view,
+        StepCompared: _got_step_compared,
+        RunsCompared: _got_runs_compared,
+        TreeChanged: _got_tree,
+        StateChanged: _got_state,
+        EngineReady: _got_engine_ready,
+        TokenResolved: _got_token_resolved,
+        TokensNamed: _got_tokens_named,
+        RunsLoaded: _got_runs_loaded,
+        LabNotice: _got_notice,
+        LabFailed: _got_failure,
+    }
+    """The handler of each event type the controller emits."""
+
+    # -- typed state: validation and reactions -------------------------------------------------------
+
+    def validate_cursor(self, cursor: int | None) -> int | None:
+        """Keep the inspected step within the shown steps (and the live next step while it is shown)."""
+        if cursor is None:
+            return None
+        steps = self.shown_steps()
+        live = self.frontier is not None and self.viewing is None and not self.running
+        return max(0, min(len(steps) if live else len(steps) - 1, cursor))
+
+    def watch_cursor(self) -> None:
+        self.selected_candidate = 0  # another step lists other candidates
+
+    def validate_selected_knob(self, row: int) -> int:
+        """Keep the selected row within the knob panel's rows."""
+        return max(0, min(row, self._knob_rows() - 1))
+
+    def validate_candidate_limit(self, limit: int) -> int:
+        """At least one candidate is always listed."""
+        return max(1, limit)
+
+    def watch_params(self, params: SamplerParams) -> None:
+        self.controller.send(SetParams(params))
+        self._sync_hot()
+
+    # -- which keys do something now -------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """None (dimmed in the footer, the key does nothing) for a key that cannot act in this state."""
+        if action in NEEDS_MODEL and not self.model_ready:
+            return None
+        if action in ("cursor", "cursor_home") and not self.shown_steps():
+            return None
+        if action in ("choose", "candidate", "stage_view", "compare") and self.effective_cursor() is None:
+            return None
+        if action == "rollouts" and self.rollout_progress is None and self.effective_cursor() is None:
+            return None  # (while rollouts run, R cancels them)
+        if action == "back_to_live" and self.viewing is None:
+            return None
+        if action in ("toggle_stage", "move_stage") and self._row_stage() is None:
+            return None
+        if action == "reset_knob" and self.selected_knob >= len(KNOBS) and self.hot is None:
+            return None
+        return True
+
+    def _refresh_keys(self) -> None:
+        """Refresh the footer when what check_action decides has changed (not on every render)."""
+        state = tuple(self.check_action(action, ()) for action in DIMMABLE)
+        if state != self._key_state:
+            self._key_state = state
+            self.refresh_bindings()
 
     # -- hot tokens ----------------------------------------------------------------------------------
 
@@ -336,10 +496,10 @@ class LabScreen(Screen[None]):
         ids = tuple(self.hot_ids())
         if ids != self._hot_sent:
             self._hot_sent = ids
-            self.controller.send("set_hot_tokens", ids)
+            self.controller.send(SetHotTokens(ids))
         unnamed = tuple(token_id for token_id in ids if token_id not in self.token_names)
         if unnamed:
-            self.controller.send("name_tokens", unnamed)
+            self.controller.send(NameTokens(unnamed))
 
     def _knob_rows(self) -> int:
         """Rows of the knob panel: every knob, then one per hot token (or one to pick the first)."""
@@ -413,7 +573,7 @@ class LabScreen(Screen[None]):
         hot_rows = [(self.token_names.get(token_id, f"#{token_id}"), self.params.logit_bias.get(token_id, 0.0))
                     for token_id in hot_ids]
         live = self.frontier.live if self.frontier is not None and self.viewing is None else ()
-        self.selected_knob = min(self.selected_knob, self._knob_rows() - 1)
+        self.selected_knob = self.selected_knob  # validated again: a hot token's row may have gone
         self.query_one(KnobPanel).show(self.params, self.selected_knob, hot_rows=hot_rows, live=live)
         self.query_one(PromptBar).show(self.prompt, self.model_name, self.chat)
         state = "running" if self.running else ("stopped" if self.stop_reason else "paused")
@@ -423,7 +583,7 @@ class LabScreen(Screen[None]):
         if not self.model_ready:
             state = "loading" if self.model_name == "loading model…" else "no model"
         self.query_one(StatusLine).show(
-            state=state, model=self.model_name, tokens=len(steps), max_tokens=self.max_tokens,
+            state=state, model=self.model_name, tokens=len(steps), max_tokens=self.controller.settings.max_tokens,
             tokens_per_second=self.tokens_per_second, stop_reason=self.stop_reason, seed=self.seed,
             loop=self.loop, viewing=f"run #{self.viewing.run_id}" if self.viewing else None,
             branches=self.branch_tree.branches if self.branch_tree is not None else 0,
@@ -431,6 +591,7 @@ class LabScreen(Screen[None]):
         )
         if self.cursor is None:
             token_view.follow()
+        self._refresh_keys()
 
     def _dice(self, table: CandidatesTable, steps: list[Step], cursor: int | None) -> Text | None:
         """The dice line of the inspected step (the live next step has not been drawn yet)."""
@@ -459,30 +620,27 @@ class LabScreen(Screen[None]):
             self.action_back_to_live()
             return
         self.cursor = None
-        self.controller.send("toggle")
+        self.controller.send(Toggle())
 
     def action_step(self) -> None:
         self.viewing = None
         self.cursor = None
-        self.controller.send("step")
+        self.controller.send(StepOnce())
 
     def action_regenerate(self) -> None:
         self.viewing = None
-        self.controller.send("regenerate")
+        self.controller.send(Regenerate())
 
     def action_toggle_loop(self) -> None:
-        self.controller.send("set_loop", not self.loop)
+        self.controller.send(SetLoop(not self.loop))
 
     # -- actions: inspecting ---------------------------------------------------------------------------
 
     def action_cursor(self, delta: int) -> None:
         current = self.effective_cursor()
-        steps = self.shown_steps()
         if current is None:
             return
-        limit = len(steps) if (self.frontier is not None and self.viewing is None and not self.running) else len(steps) - 1
-        self.cursor = max(0, min(limit, current + delta))
-        self.selected_candidate = 0
+        self.cursor = current + delta  # validate_cursor keeps it on a step
         self.refresh_view()
 
     def action_cursor_home(self) -> None:
@@ -522,8 +680,8 @@ class LabScreen(Screen[None]):
         self.frontier = None
         self.cursor = None
         self.stop_reason = None
-        self.controller.send("choose", cursor, candidate.id)
-        self.controller.send("play")
+        self.controller.send(Choose(cursor, candidate.id))
+        self.controller.send(Play())
         self.refresh_view()
 
     def action_history(self) -> None:
@@ -535,7 +693,7 @@ class LabScreen(Screen[None]):
         def view(index: int | None) -> None:
             if index is None:
                 return
-            self.controller.send("pause")
+            self.controller.send(Pause())
             self.viewing = records[index]
             self.cursor = None
             self.refresh_view()
@@ -552,7 +710,7 @@ class LabScreen(Screen[None]):
                 self.viewing = None
                 self.cursor = None
                 self.stop_reason = None
-                self.controller.send("switch_branch", path)
+                self.controller.send(SwitchBranch(path))
 
         self.app.push_screen(TreeScreen(self.branch_tree.segments, self.branch_tree.runs, self.branch_tree.current), switch)
 
@@ -576,7 +734,7 @@ class LabScreen(Screen[None]):
                     self.notify(f"cannot read {candidate}: {exc}", severity="error", markup=False)
                     return
             self.notify("scoring…", timeout=2)
-            self.controller.send("score", text)
+            self.controller.send(Score(text))
 
         self.app.push_screen(PromptEditor("", None, title="Text to score, or a file's path (enter scores it)"),
                              edited)
@@ -596,9 +754,7 @@ class LabScreen(Screen[None]):
             except ValueError as exc:  # e.g. an exponential schedule cannot reach temperature 0
                 self.notify(str(exc), severity="warning", markup=False)
                 return
-        self.params = params
-        self.controller.send("set_params", params)
-        self._sync_hot()
+        self.params = params  # watch_params sends it to the controller
         self.refresh_view()
 
     def action_select_knob(self, delta: int) -> None:
@@ -635,26 +791,20 @@ class LabScreen(Screen[None]):
             return
         self._set_params(lambda: reset_knob(self.params, KNOBS[self.selected_knob].name))
 
-    def _selected_stage(self) -> str | None:
-        """The stage of the selected knob, or None (with a note) when it has no stage of its own."""
+    def _row_stage(self) -> str | None:
+        """The stage of the selected knob; None on a hot token's row or a knob of several stages."""
         if self.selected_knob >= len(KNOBS):
-            self.notify("a hot token is a logit bias: it always runs first (0 clears it)", severity="warning")
-            return None
-        knob = KNOBS[self.selected_knob]
-        if not knob.stage:
-            stages = ", ".join(knob.stages)
-            self.notify(f"{knob.label} is not a stage of its own: it applies to {stages}", severity="warning")
-            return None
-        return knob.stage
+            return None  # a hot token is a logit bias: it always runs first
+        return KNOBS[self.selected_knob].stage or None
 
     def action_toggle_stage(self) -> None:
-        stage = self._selected_stage()
-        if stage is not None:
+        stage = self._row_stage()
+        if stage is not None:  # check_action dims o otherwise
             self._set_params(lambda: toggle_stage(self.params, stage))
 
     def action_move_stage(self, delta: int) -> None:
-        stage = self._selected_stage()
-        if stage is None:
+        stage = self._row_stage()
+        if stage is None:  # check_action dims { } otherwise
             return
         if stage not in self.params.samplers and stage in STAGE_NAMES:
             self.notify(f"{stage} is switched off (o switches it on)", severity="warning")
@@ -684,7 +834,7 @@ class LabScreen(Screen[None]):
                     return
                 self.notify(f"screenshot saved to {written}", markup=False)
                 return
-            self.controller.send("save", path, write_session)
+            self.controller.send(Save(path, write_session))
 
         self.app.push_screen(LineInput("Save the session (.json) or export it (.md, .html, .svg screenshot)",
                                        value=self.save_path), picked)
@@ -699,7 +849,7 @@ class LabScreen(Screen[None]):
             self.notify("rollouts start from a step of the live run", severity="warning")
             return
         self.rollout_progress = (0, ROLLOUT_N * ROLLOUT_LENGTH)
-        self.controller.send("rollouts", cursor, ROLLOUT_N, ROLLOUT_LENGTH)
+        self.controller.send(Rollouts(cursor, ROLLOUT_N, ROLLOUT_LENGTH))
         self.refresh_view()
 
     def action_stage_view(self) -> None:
@@ -707,10 +857,34 @@ class LabScreen(Screen[None]):
         if cursor is None or self.viewing is not None:
             self.notify("pause on a step of the live run to see its stages", severity="warning")
             return
-        self.controller.send("stage_view", cursor)
+        self.controller.send(ShowStages(cursor))
+
+    def action_compare(self) -> None:
+        cursor = self.effective_cursor()
+        if cursor is None or self.viewing is not None:
+            self.notify("pause on a step of the live run to compare knob sets on it", severity="warning")
+            return
+        self._compare_with(cursor, None)
+
+    def _compare_with(self, index: int, preset: int | None) -> None:
+        """Ask for step `index` under the current knobs and preset number `preset` (None: the first that differs)."""
+        from tokenlab.presets import PresetError, list_presets, load_preset
+
+        try:
+            names = list(list_presets())
+            sets = [load_preset(name) for name in names]
+        except (PresetError, OSError) as exc:
+            self.notify(str(exc), severity="error", timeout=8, markup=False)
+            return
+        if preset is None:
+            preset = next((i for i, params in enumerate(sets) if params != self.params), 0)
+        preset %= len(names)
+        self._compare_preset = preset
+        self.controller.send(CompareStep(index, sets[preset], names[preset]))
 
     def action_presets(self) -> None:
         from tokenlab.presets import PresetError, list_presets, load_preset, save_preset
+        from tokenlab.sampling.constraint import CONSTRAINT_FIELDS
 
         def chosen(result: tuple[str, str] | None) -> None:
             if result is None:
@@ -721,7 +895,9 @@ class LabScreen(Screen[None]):
                     path = save_preset(name, self.params)
                     self.notify(f"saved preset {name!r} to {path}", markup=False)
                 else:
-                    self._set_params(load_preset(name))
+                    # a preset holds knobs; the run's grammar, regex or schema stays
+                    constraint = {field: getattr(self.params, field) for field in CONSTRAINT_FIELDS}
+                    self._set_params(load_preset(name).replace(**constraint))
                     self.notify(f"loaded preset {name!r}", markup=False)
             except (PresetError, ValueError, OSError) as exc:
                 self.notify(str(exc), severity="error", timeout=8, markup=False)
@@ -736,7 +912,7 @@ class LabScreen(Screen[None]):
     def action_hot_token(self) -> None:
         def picked(text: str | None) -> None:
             if text:
-                self.controller.send("resolve_token", text)
+                self.controller.send(ResolveToken(text))
 
         self.app.push_screen(LineInput("Hot token: its exact text (e.g. ' Paris', with the space) or #ID",
                                        placeholder=" Paris"), picked)
@@ -749,7 +925,7 @@ class LabScreen(Screen[None]):
                 self.notify(f"the seed must be a non-negative whole number, got {text!r}", severity="error",
                             markup=False)
                 return
-            self.controller.send("set_seed", int(text.strip()))
+            self.controller.send(SetSeed(int(text.strip())))
 
         self.app.push_screen(LineInput("Seed (restarts the run from the prompt)", value=str(self.seed)), picked)
 
@@ -763,7 +939,7 @@ class LabScreen(Screen[None]):
                 return
             self.prompt, self.chat = prompt, chat
             self.viewing = None
-            self.controller.send("set_prompt", prompt, chat)
+            self.controller.send(SetPrompt(prompt, chat))
             self.refresh_view()
 
         self.app.push_screen(PromptEditor(self.prompt, self.chat), edited)

@@ -216,6 +216,8 @@ def dice_line(step: Step | None, width: int, *, survivors: int | None = None) ->
     if step.dice is None:
         if step.forced:
             reason = "none, the token was chosen (enter)"
+        elif step.allowed == 1:
+            reason = "none, forced by the grammar"  # it allowed this token only
         elif step.final_prob >= 1.0:
             reason = "none, one token was left"
         else:
@@ -246,7 +248,7 @@ STAGE_SHORT = {
     "min_p": "min-p", "epsilon": "epsilon", "eta": "eta", "top_a": "top-a", "xtc": "xtc",
     "temperature": "temp", "mirostat_v2": "mirostat", "logit_bias": "bias", "ban": "ban", "guidance": "cfg",
     "mirostat_v1": "mirostat1", "adaptive_p": "adaptive-p", "smoothing": "smooth", "tail_free": "tfs",
-    "top_h": "top-h", "p_less": "p-less",
+    "top_h": "top-h", "p_less": "p-less", "grammar": "grammar",
 }
 """Stage names short enough for a narrow panel."""
 

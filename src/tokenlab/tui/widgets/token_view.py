@@ -137,14 +137,14 @@ class TokenView(ScrollView, can_focus=True):
     def _content_width(self) -> int:
         return max(8, self.scrollable_content_region.width or self.size.width or 40)
 
-    def _style(self, colour: str, dim: bool, underline: bool, cursor: bool) -> Style:
-        key = (colour, dim, underline, cursor)
+    def _style(self, colour: str, dim: bool, underline: bool, cursor: bool, italic: bool = False) -> Style:
+        key = (colour, dim, underline, cursor, italic)
         style = self._styles.get(key)
         if style is None:
             if cursor:
-                style = Style(color="black", bgcolor="white", bold=True, underline=True)
+                style = Style(color="black", bgcolor="white", bold=True, underline=True, italic=italic)
             else:
-                style = Style(color="black", bgcolor=colour, dim=dim, underline=underline)
+                style = Style(color="black", bgcolor=colour, dim=dim, underline=underline, italic=italic)
             self._styles[key] = style
         return style
 
@@ -180,7 +180,8 @@ class TokenView(ScrollView, can_focus=True):
                 colour = watermark_colour(*self._watermark[index])
             else:
                 colour = step_colour(step, mode)
-            style = self._style(colour, bool(index % 2), step.forced, index == self._cursor)
+            # italic: the grammar allowed this token only (the constraint, not the model, wrote it)
+            style = self._style(colour, bool(index % 2), step.forced, index == self._cursor, step.allowed == 1)
             parts = [(label, style)]
             if step.rewound:  # never silently: what phrase bans took back stays visible, struck through
                 struck = "".join(rewind.text for rewind in step.rewound)
