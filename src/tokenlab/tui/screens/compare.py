@@ -48,7 +48,8 @@ class CompareScreen(ModalScreen[CompareAction | None]):
         table.title = None
         with VerticalScroll(id="compare-box", classes="dialog"):
             yield Label(f"[b]A/B[/b] — step {self._index} · A: the lab's knobs · B: preset "
-                        f"[b]{escape(self._label)}[/b] (← → other presets) · g generates both · escape closes")
+                        f"[b]{escape(self._label)}[/b]")
+            yield Label("← → another preset as B · g generates both from here · escape closes", classes="dim")
             yield Static(Text.assemble(("B differs from A in: ", "bold"), self._difference), id="compare-diff")
             yield Static(Text(f"A keeps {step.survivors_a:,} tokens ({step.entropy_a:.2f} bits) · "
                               f"B keeps {step.survivors_b:,} ({step.entropy_b:.2f} bits)"), id="compare-summary")
