@@ -89,6 +89,7 @@ class CompareRunsScreen(ModalScreen[None]):
                 for side, steps, stop in (("A: the lab's knobs", runs.a, runs.stop_a),
                                           (f"B: {escape(self._label)}", runs.b, runs.stop_b)):
                     with VerticalScroll(classes="compare-pane"):
-                        yield Label(f"[b]{side}[/b] · {len(steps)} tokens · stop: {stop} · mean log-p "
-                                    f"{runs.mean_logprob(steps):.2f}", markup=True)
+                        yield Label(f"[b]{side}[/b]", markup=True)
+                        yield Label(f"{len(steps)} tokens · stop: {stop} · mean log-p {runs.mean_logprob(steps):.2f}",
+                                    markup=False)
                         yield Static(compared_text(steps), classes="compare-text")
