@@ -60,6 +60,7 @@ from tokenlab.tui.screens.dialogs import (
     TreeScreen,
 )
 from tokenlab.tui.widgets import CandidatesTable, DistributionStrip, KnobPanel, PromptBar, StatusLine, TokenView
+from tokenlab.tui.widgets.chart import DistributionChart, frontier_data, step_data
 from tokenlab.tui.widgets.panels import dice_line
 
 HISTORY_SIZE = 15
@@ -141,6 +142,7 @@ class LabScreen(Screen[None]):
         Binding("x", "expand", "More cand.", show=False, tooltip="Show 5 candidates or as many as fit"),
         Binding("v", "history", "History", show=False, tooltip="The last runs; pick one to view it"),
         Binding("g", "score", "Score text", show=False, tooltip="Score a text you paste (GLTR): how likely the model finds each token"),
+        Binding("d", "chart", "Chart", show=False, tooltip="The distribution chart in place of the text: bars, cut-offs, log curve, entropy, dice"),
         Binding("b", "tree", "Tree", tooltip="The tree of branches from this prompt; enter switches to one"),
         Binding("escape", "back_to_live", "Live", show=False, tooltip="Back from a history run to the live one"),
     ]
@@ -192,6 +194,7 @@ class LabScreen(Screen[None]):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield TokenView(id="tokens")
+                yield DistributionChart(id="chart")
                 yield Static(id="legend")
                 yield DistributionStrip(id="strip")
             with Vertical(id="right"):
@@ -405,6 +408,11 @@ class LabScreen(Screen[None]):
             strip.show_frontier(self.frontier, width)
         elif cursor is not None and cursor < len(steps):
             strip.show_step(steps[cursor], width)
+        chart = self.query_one(DistributionChart)
+        if chart.display and cursor is not None and cursor >= len(steps) and self.frontier is not None:
+            chart.show(frontier_data(self.frontier, title, getattr(self.controller.engine, "n_vocab", None)))
+        elif chart.display and cursor is not None and cursor < len(steps):
+            chart.show(step_data(steps[cursor], title))
         hot_rows = [(self.token_names.get(token_id, f"#{token_id}"), self.params.logit_bias.get(token_id, 0.0))
                     for token_id in hot_ids]
         live = self.frontier.live if self.frontier is not None and self.viewing is None else ()
@@ -495,6 +503,13 @@ class LabScreen(Screen[None]):
 
     def action_expand(self) -> None:
         self.expanded = not self.expanded
+        self.refresh_view()
+
+    def action_chart(self) -> None:
+        chart = self.query_one(DistributionChart)
+        chart.display = not chart.display
+        for widget in (self.query_one(TokenView), self.query_one("#legend"), self.query_one(DistributionStrip)):
+            widget.display = not chart.display  # the chart has its own curve and takes the text's place
         self.refresh_view()
 
     def action_cycle_colours(self) -> None:
