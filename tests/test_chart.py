@@ -104,3 +104,40 @@ async def test_the_chart_shows_the_dice_of_a_drawn_step(engine: Engine, apps) ->
         assert f"u {u:.3f}" in text and "┃" in text
         assert f"[{before:.3f}, {before + drawn.final_prob:.3f})" in text
         assert "▶" in text  # the drawn token's bar is marked
+
+
+async def test_enter_on_a_knob_types_its_value(engine: Engine, apps) -> None:
+    from textual.widgets import Input
+
+    from tokenlab.tui.screens.dialogs import LineInput
+
+    app = make_app(engine)
+    apps.append(app)
+    async with app.run_test(size=(100, 30)) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("t", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+        field = app.screen.query_one(Input)
+        assert field.value == "0.80"
+        field.value = "1.37"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: lab.frontier is not None and lab.frontier.params.temperature == 1.37)
+        assert lab.params.temperature == 1.37
+        # bad values: one clear message, nothing changes
+        for knob_key, bad, expected in (("t", "warm", "temperature takes a number, got 'warm'"),
+                                        ("k", "-3", "top_k must be an integer >= 0"),
+                                        ("p", "1.5", "top_p must be in [0, 1], got 1.5")):
+            before = lab.params
+            await pilot.press(knob_key, "enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+            app.screen.query_one(Input).value = bad
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: not isinstance(app.screen, LineInput))
+            messages = [n.message for n in app._notifications]
+            assert any(expected in message for message in messages), messages
+            assert lab.params == before
+        # after moving among the candidates, enter forces a candidate again
+        await pilot.press("right_square_bracket", "enter")
+        await wait_for(pilot, lambda: len(lab.steps) >= 1 and lab.steps[0].forced)
+        assert not isinstance(app.screen, LineInput)

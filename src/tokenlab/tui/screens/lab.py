@@ -7,6 +7,7 @@ the screen happens in the handlers below, on the UI thread.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Callable
@@ -42,7 +43,7 @@ from tokenlab.lab.controller import (
     TokensNamed,
     TreeChanged,
 )
-from tokenlab.lab.knobs import KNOBS, move_stage, nudge, reset_knob, toggle_stage, with_bias
+from tokenlab.lab.knobs import KNOBS, move_stage, nudge, parse_knob_value, reset_knob, toggle_stage, with_bias
 from tokenlab.lab.score import file_text
 from tokenlab.lab.step import Candidate, Step
 from tokenlab.render import COLOUR_MODES, mode_legend
@@ -138,7 +139,7 @@ class LabScreen(Screen[None]):
         Binding("S", "set_seed", "Seed", show=False, tooltip="Set the random seed (restarts the run)"),
         Binding("left_square_bracket", "candidate(-1)", "Cand. up", show=False, tooltip="Select the candidate above"),
         Binding("right_square_bracket", "candidate(1)", "Cand. down", show=False, tooltip="Select the candidate below"),
-        Binding("enter", "choose", "Choose", show=False, tooltip="Force the selected candidate at this step and go on from there"),
+        Binding("enter", "choose", "Choose / type", show=False, tooltip="Force the selected candidate at this step and go on from there; after picking a knob (↑ ↓ t k p m y), type its value instead"),
         Binding("x", "expand", "More cand.", show=False, tooltip="Show 5 candidates or as many as fit"),
         Binding("v", "history", "History", show=False, tooltip="The last runs; pick one to view it"),
         Binding("g", "score", "Score text", show=False, tooltip="Score a text you paste (GLTR): how likely the model finds each token"),
@@ -165,6 +166,8 @@ class LabScreen(Screen[None]):
         """Inspected step; None follows the newest step (or the live frontier when paused)."""
         self.selected_knob = 0
         self.selected_candidate = 0
+        self.knob_focus = False
+        """Whether enter types a knob's value (a knob was picked last) or forces a candidate."""
         self.expanded = False
         """x: as many candidates as fit instead of 5."""
         self.candidate_limit = 5
@@ -486,6 +489,7 @@ class LabScreen(Screen[None]):
         limit = len(steps) if (self.frontier is not None and self.viewing is None and not self.running) else len(steps) - 1
         self.cursor = max(0, min(limit, current + delta))
         self.selected_candidate = 0
+        self.knob_focus = False
         self.refresh_view()
 
     def action_cursor_home(self) -> None:
@@ -499,6 +503,7 @@ class LabScreen(Screen[None]):
 
     def action_candidate(self, delta: int) -> None:
         self.selected_candidate = max(0, self.selected_candidate + delta)
+        self.knob_focus = False
         self.refresh_view()
 
     def action_expand(self) -> None:
@@ -519,6 +524,9 @@ class LabScreen(Screen[None]):
         self.refresh_view()
 
     def action_choose(self) -> None:
+        if self.knob_focus and self.selected_knob < len(KNOBS):
+            self.action_type_knob()
+            return
         if self.viewing is not None:
             self.notify("choosing works on the live run; escape goes back to it", severity="warning")
             return
@@ -613,10 +621,12 @@ class LabScreen(Screen[None]):
 
     def action_select_knob(self, delta: int) -> None:
         self.selected_knob = (self.selected_knob + delta) % self._knob_rows()
+        self.knob_focus = True
         self.refresh_view()
 
     def action_knob(self, name: str) -> None:
         self.selected_knob = next(i for i, knob in enumerate(KNOBS) if knob.name == name)
+        self.knob_focus = True
         self.refresh_view()
 
     def action_turn(self, steps: int, coarse: bool = False) -> None:
@@ -634,6 +644,31 @@ class LabScreen(Screen[None]):
             self._set_params(with_bias(self.params, hot[0], round(bias, 3)))
             return
         self._set_params(lambda: nudge(self.params, KNOBS[self.selected_knob].name, steps, coarse=coarse))
+
+    def action_type_knob(self) -> None:
+        knob = KNOBS[self.selected_knob]
+
+        def typed(text: str | None) -> None:
+            if text is None:
+                return
+            try:
+                value = parse_knob_value(knob.name, text)
+                params = self.params.replace(**{knob.name: value})
+            except ValueError as exc:  # nothing changes: the knob keeps its value
+                self.notify(f"{exc}; {knob.label} stays {knob.format(getattr(self.params, knob.name))}",
+                            severity="error", timeout=8, markup=False)
+                return
+            self._set_params(params)
+
+        if math.isinf(knob.minimum) and math.isinf(knob.maximum):
+            bounds = "any number"
+        elif math.isinf(knob.maximum):
+            bounds = f"{knob.minimum:g} or more"
+        else:
+            bounds = f"{knob.minimum:g} to {knob.maximum:g}"
+        self.app.push_screen(LineInput(f"{knob.label} ({bounds}{', or off' if knob.optional else ''}): "
+                                       f"{knob.help}; enter sets it, escape keeps it",
+                                       value=knob.format(getattr(self.params, knob.name))), typed)
 
     def action_reset_knob(self) -> None:
         if self.selected_knob >= len(KNOBS):
