@@ -1026,8 +1026,15 @@ def _mount_doctor() -> None:
     app.command("doctor")(doctor)
 
 
+def _mount_lesson() -> None:
+    from tokenlab.commands.lesson import lesson
+
+    app.command("lesson")(lesson)
+
+
 _mount_models()
 _mount_doctor()
+_mount_lesson()
 
 
 def main() -> None:

@@ -755,3 +755,29 @@ class LabController:
 
     def _cmd_frontier(self) -> None:
         self._emit_frontier()
+
+    def _cmd_run_to(self, prompt: str, chat: bool | None, seed: int, params: SamplerParams, tokens: int) -> None:
+        """Start a run of `prompt` with these knobs and seed, sample `tokens` tokens, then pause (a lesson's step)."""
+        self.loop = False
+        settings = self.settings
+        settings.prompt, settings.chat, settings.params = prompt, chat, params
+        settings.max_tokens = max(settings.max_tokens, tokens + 1)  # the student can sample on from there
+        self._new_run(seed, start=False)
+        generation = self.generation
+        if generation is None:
+            return
+        start = 0
+        while len(generation.steps) < tokens and not generation.done and not self._quit:
+            step = generation.step()
+            if step is None:
+                break
+            if len(generation.steps) - start >= 8 or len(generation.steps) == tokens or generation.done:
+                # in batches, so the text appears as it is written
+                self.emit(StepsAdded(self.run_id, start, tuple(generation.steps[start:]),
+                                     generation.tokens_per_second))
+                start = len(generation.steps)
+        if generation.done:
+            self.emit(RunStopped(self.run_id, generation.stop_reason or "", len(generation.steps),
+                                 generation.tokens_per_second))
+            self._record_branch(count=True)
+        self._emit_frontier()

@@ -50,6 +50,8 @@ HELP_PANELS: tuple[tuple[str, str], ...] = (
               "raw p (blue) and final p (green) on one scale; a dashed line where each stage starts cutting "
               "(with its setting and how many tokens it keeps); the sorted curve with both axes log and the "
               "cut-offs as dotted lines; the entropy; and the dice of a drawn step. Turning a knob redraws it."),
+    ("lesson", "L starts a lesson: a panel under the text says what to look at in each step; L goes on, B "
+               "back, E ends it. Lessons are TOML files (tokenlab lesson --list says where to add yours)."),
     ("knobs", "The first line is the order the active stages run in (the selected knob's stage "
               "highlighted); a changed knob is yellow with a *, a knob whose stage is off is dim; the last "
               "line says what the selected knob does and whose semantics it follows. Rows after the knobs "

@@ -61,6 +61,7 @@ from tokenlab.tui.screens.dialogs import (
     TreeScreen,
 )
 from tokenlab.tui.widgets import CandidatesTable, DistributionStrip, KnobPanel, PromptBar, StatusLine, TokenView
+from tokenlab.tui.screens.lesson import LessonGuide, LessonPanel, LessonPicker
 from tokenlab.tui.widgets.chart import DistributionChart, frontier_data, step_data
 from tokenlab.tui.widgets.panels import dice_line
 
@@ -75,6 +76,7 @@ _KEY_NAMES = {
     "less_than_sign": "<", "left_square_bracket": "[", "right_square_bracket": "]", "left": "←",
     "right": "→", "up": "↑", "down": "↓", "S": "S (shift+s)", "left_curly_bracket": "{",
     "right_curly_bracket": "}", "R": "R (shift+r)", "P": "P (shift+p)",
+    "L": "L (shift+l)", "B": "B (shift+b)", "E": "E (shift+e)",
 }
 
 
@@ -144,6 +146,9 @@ class LabScreen(Screen[None]):
         Binding("v", "history", "History", show=False, tooltip="The last runs; pick one to view it"),
         Binding("g", "score", "Score text", show=False, tooltip="Score a text you paste (GLTR): how likely the model finds each token"),
         Binding("d", "chart", "Chart", show=False, tooltip="The distribution chart in place of the text: bars, cut-offs, log curve, entropy, dice"),
+        Binding("L", "lesson", "Lessons", show=False, tooltip="Lessons: pick one; during a lesson, the next step"),
+        Binding("B", "lesson_back", "Lesson back", show=False, tooltip="During a lesson: the step before"),
+        Binding("E", "lesson_end", "End lesson", show=False, tooltip="During a lesson: end it (the lab stays as it is)"),
         Binding("b", "tree", "Tree", tooltip="The tree of branches from this prompt; enter switches to one"),
         Binding("escape", "back_to_live", "Live", show=False, tooltip="Back from a history run to the live one"),
     ]
@@ -189,6 +194,8 @@ class LabScreen(Screen[None]):
         self.rollout_progress: tuple[int, int] | None = None
         """(steps done, total) while rollouts run."""
         self._legend_mode: tuple[str, int] | None = None
+        self.lesson: LessonGuide | None = None
+        """The lesson under way (L), if any."""
 
     # -- layout ------------------------------------------------------------------------------------
 
@@ -200,6 +207,7 @@ class LabScreen(Screen[None]):
                 yield DistributionChart(id="chart")
                 yield Static(id="legend")
                 yield DistributionStrip(id="strip")
+                yield LessonPanel(id="lesson")
             with Vertical(id="right"):
                 yield KnobPanel(id="knobs")
                 yield CandidatesTable(id="candidates")
@@ -210,6 +218,9 @@ class LabScreen(Screen[None]):
         self.controller.emit = self._emit
         self.run_controller()
         self.refresh_view()
+        lesson = getattr(self.app, "startup_lesson", None)  # tokenlab lesson NAME
+        if lesson is not None:
+            self.start_lesson(lesson)
 
     def on_unmount(self) -> None:
         self.controller.quit()
@@ -437,6 +448,8 @@ class LabScreen(Screen[None]):
         )
         if self.cursor is None:
             token_view.follow()
+        if self.lesson is not None:
+            self.lesson.on_refresh()
 
     def _dice(self, table: CandidatesTable, steps: list[Step], cursor: int | None) -> Text | None:
         """The dice line of the inspected step (the live next step has not been drawn yet)."""
@@ -511,11 +524,42 @@ class LabScreen(Screen[None]):
         self.refresh_view()
 
     def action_chart(self) -> None:
-        chart = self.query_one(DistributionChart)
-        chart.display = not chart.display
+        self.set_chart(not self.query_one(DistributionChart).display)
+
+    def set_chart(self, shown: bool) -> None:
+        """Show the distribution chart in place of the text, or the text again."""
+        self.query_one(DistributionChart).display = shown
         for widget in (self.query_one(TokenView), self.query_one("#legend"), self.query_one(DistributionStrip)):
-            widget.display = not chart.display  # the chart has its own curve and takes the text's place
+            widget.display = not shown  # the chart has its own curve and takes the text's place
         self.refresh_view()
+
+    def start_lesson(self, lesson: object) -> None:
+        """Run a lesson (a lab.lessons.Lesson) from its first step."""
+        self.lesson = LessonGuide(self, lesson)  # type: ignore[arg-type]
+        self.lesson.start()
+
+    def action_lesson(self) -> None:
+        if self.lesson is not None:
+            self.lesson.next()
+            return
+        from tokenlab.lab.lessons import find_lessons
+
+        lessons, problems = find_lessons()
+        by_name = {lesson.name: lesson for lesson in lessons}
+
+        def picked(name: str | None) -> None:
+            if name is not None:
+                self.start_lesson(by_name[name])
+
+        self.app.push_screen(LessonPicker(lessons, problems), picked)
+
+    def action_lesson_back(self) -> None:
+        if self.lesson is not None:
+            self.lesson.back()
+
+    def action_lesson_end(self) -> None:
+        if self.lesson is not None:
+            self.lesson.end()
 
     def action_cycle_colours(self) -> None:
         view = self.query_one(TokenView)
