@@ -207,10 +207,10 @@ class LabScreen(Screen[None]):
                 yield DistributionChart(id="chart")
                 yield Static(id="legend")
                 yield DistributionStrip(id="strip")
-                yield LessonPanel(id="lesson")
             with Vertical(id="right"):
                 yield KnobPanel(id="knobs")
                 yield CandidatesTable(id="candidates")
+        yield LessonPanel(id="lesson")
         yield StatusLine(id="status")
         yield Footer()
 

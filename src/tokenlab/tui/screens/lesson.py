@@ -30,7 +30,7 @@ class LessonPanel(Static):
     DEFAULT_CSS = """
     LessonPanel {
         height: auto;
-        max-height: 9;
+        max-height: 7;
         display: none;
         border: round $accent;
         border-title-color: $accent;
@@ -41,15 +41,15 @@ class LessonPanel(Static):
     def show_step(self, lesson: Lesson, index: int, *, ready: bool) -> None:
         """Show step `index` of `lesson` (`ready`: the lab has reached it, so the student can look)."""
         step = lesson.steps[index]
-        self.border_title = f"lesson: {lesson.title} · {index + 1}/{len(lesson.steps)}"
+        self.border_title = f"lesson {index + 1}/{len(lesson.steps)}: {lesson.title}"
         text = Text()
         if ready:
             text.append(step.say)
         else:
             text.append("setting up: " + _setup_line(step), style="dim italic")
         last = index == len(lesson.steps) - 1
-        text.append("\nL " + ("end the lesson" if last else "next step"), style="bold")
-        text.append((" · B back" if index else "") + " · E end · every lab key works meanwhile", style="dim")
+        text.append("\nL " + ("ends the lesson" if last else "next step"), style="bold")
+        text.append((" · B back" if index else "") + " · E end · every other key works as usual", style="dim")
         self.update(text)
 
 

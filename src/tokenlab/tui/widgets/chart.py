@@ -150,14 +150,17 @@ def render_chart(data: ChartData, width: int, height: int) -> Text:
     lines.append(title)
     cuts = cut_lines(data)
     colours = {stage: CUT_COLOURS[index % len(CUT_COLOURS)] for index, (stage, _, _) in enumerate(cuts)}
-    curve_rows = max(4, height // 4)
-    bar_area = height - 9 - curve_rows
-    bars = _bars(data, cuts, colours, width, bar_area)
+    fixed = 1 + 3 + 2  # the title; the curve's axis, ticks and legend; the dice
+    gap = height >= 24  # blank lines between the parts only where rows are not scarce
+    blanks = 2 if gap else 0
+    bars = _bars(data, cuts, colours, width, height - fixed - blanks - max(3, height // 4))
     lines.extend(bars)
-    lines.append(Text())
+    if gap:
+        lines.append(Text())
     # rows the bars leave free (fewer candidates than fit) go to the curve
-    lines.extend(_curve(data, cuts, colours, width, max(4, height - len(bars) - 8)))
-    lines.append(Text())
+    lines.extend(_curve(data, cuts, colours, width, max(3, height - fixed - blanks - len(bars))))
+    if gap:
+        lines.append(Text())
     lines.extend(_dice(data, width))
     return Text("\n").join(lines[:height])
 
@@ -317,7 +320,7 @@ def _dice(data: ChartData, width: int) -> list[Text]:
     first = dice_line(step, width, survivors=data.survivors if step is None else None)
     first.truncate(width, overflow="ellipsis")
     if step is None:
-        second = Text("n draws: u in [0, 1) lands in one token's slice of the final probabilities", style="dim")
+        second = Text("n draws it: u in [0, 1) lands in one token's slice", style="dim")
     elif step.dice is None:
         second = Text()
     else:
