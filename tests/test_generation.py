@@ -55,7 +55,7 @@ def test_step_record_matches_the_logits(engine: Engine) -> None:
     assert step is not None
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
-    assert step.prob == pytest.approx(probs[step.id], rel=1e-9)
+    assert step.prob == pytest.approx(probs[step.id], rel=2e-6)  # float32 weights, as llama.cpp's softmax
     assert step.rank == int((logits > logits[step.id]).sum()) + 1
     nonzero = probs[probs > 0]
     assert step.entropy == pytest.approx(float(-(nonzero * np.log2(nonzero)).sum()), rel=1e-6)

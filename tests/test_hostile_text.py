@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from tokenlab.engine.text import terminal_safe, visible
+from tokenlab.render import terminal_safe, visible
 
 HOSTILE_NAME = "[/][link=h]\x1b[2J\x1b]0;t\x07\x1b]8;;u\x1b\\\x9b"
 """A model name (31 bytes: the default model's is as long) with a closing tag (a crash for rich), a link, then

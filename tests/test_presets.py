@@ -160,7 +160,7 @@ def test_hand_written_preset_gets_defaults_and_string_bias_keys(file: Path) -> N
         ('samplers = ["top_k", "warp"]', "samplers"),
         ('logit_bias = { "x" = 1.0 }', "logit_bias"),
         ("dry_sequence_breakers = [[]]", "dry_sequence_breakers"),
-        ("mirostat = 1", "mirostat"),
+        ("mirostat = 3", "mirostat"),
     ],
 )
 def test_bad_knobs_name_file_preset_and_key(file: Path, line: str, key: str) -> None:

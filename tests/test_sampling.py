@@ -659,21 +659,25 @@ def test_distribution_shortcut() -> None:
         distribution(np.zeros(2), topk=3)
 
 
-def test_raw_stats_matches_a_float64_reference() -> None:
-    logits = np.random.default_rng(11).normal(size=5000).astype(np.float32) * 4
+@pytest.mark.parametrize(("dtype", "rel"), [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_raw_stats_matches_a_float64_reference(dtype, rel) -> None:
+    """A float64 row is exact to float64; a float32 row (llama.cpp's) is shifted and exponentiated in
+    float32 with float64 sums, as llama.cpp's own softmax is: a tail token 17 nats down is off by up to
+    ~1e-6 relative (the float32 rounding of logit - max), the normaliser and entropy by ~1e-8."""
+    logits = (np.random.default_rng(11).normal(size=5000).astype(np.float32) * 4).astype(dtype)
     stats = raw_stats(logits)
     assert isinstance(stats, RawStats)
     reference = softmax(list(logits.astype(np.float64)))
     assert stats.log_normalizer == pytest.approx(
-        np.log(np.exp(logits.astype(np.float64)).sum()), rel=1e-13
+        np.log(np.exp(logits.astype(np.float64)).sum()), rel=min(rel, 1e-9)
     )
-    assert stats.entropy_bits == pytest.approx(-(reference * np.log2(reference)).sum(), rel=1e-12)
+    assert stats.entropy_bits == pytest.approx(-(reference * np.log2(reference)).sum(), rel=min(rel, 1e-7))
     for token_id in (0, 17, int(np.argmax(logits)), 4999):
-        assert stats.prob(token_id) == pytest.approx(reference[token_id], rel=1e-12)
+        assert stats.prob(token_id) == pytest.approx(reference[token_id], rel=rel)
         assert stats.rank(token_id) == int((logits > logits[token_id]).sum())
     assert stats.rank(int(np.argmax(logits))) == 0
     np.testing.assert_array_equal(stats.top_ids(5), np.argsort(-reference, kind="stable")[:5])
-    np.testing.assert_allclose(stats.probs(np.array([3, 4])), reference[[3, 4]], rtol=1e-12)
+    np.testing.assert_allclose(stats.probs(np.array([3, 4])), reference[[3, 4]], rtol=rel)
 
 
 def test_raw_stats_degenerate_rows() -> None:

@@ -112,8 +112,15 @@ def test_stage_names_and_aliases() -> None:
         ({"dry_sequence_breakers": "\n"}, "dry_sequence_breakers"),
         ({"dry_sequence_breakers": [[]]}, "dry_sequence_breakers"),
         ({"dry_sequence_breakers": [[-3]]}, "dry_sequence_breakers"),
-        ({"mirostat": 1}, "mirostat"),
         ({"mirostat": 3}, "mirostat"),
+        ({"mirostat": -1}, "mirostat"),
+        ({"adaptive_target": 1.5}, "adaptive_target"),
+        ({"adaptive_decay": 0.995}, "adaptive_decay"),
+        ({"smoothing_factor": -1.0}, "smoothing_factor"),
+        ({"smoothing_curve": 0.5}, "smoothing_curve"),
+        ({"tfs_z": 1.5}, "tfs_z"),
+        ({"top_h": -0.1}, "top_h"),
+        ({"p_less": 2.0}, "p_less"),
         ({"mirostat_tau": -1.0}, "mirostat_tau"),
         ({"mirostat_eta": math.nan}, "mirostat_eta"),
         ({"dynatemp_range": -0.5}, "dynatemp_range"),
@@ -630,6 +637,7 @@ def test_order_presets() -> None:
     assert order_preset("transformers")[2] == "watermark"  # the last logits processor
     assert order_preset("transformers")[3:] == (
         "temperature",
+        "top_h",
         "top_k",
         "top_p",
         "min_p",
@@ -638,6 +646,7 @@ def test_order_presets() -> None:
         "eta",
     )
     assert order_preset("greedy")[-1] == "temperature"
+    assert order_preset("mirostat")[-3:] == ("temperature", "mirostat_v1", "mirostat_v2")
     with pytest.raises(ValueError, match="unknown order preset 'nope'"):
         order_preset("nope")
 

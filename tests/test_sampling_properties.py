@@ -3,7 +3,7 @@
 The strategies cover the whole catalogue (every stage, every knob, random orders, schedules,
 states and step indices).  At least `min_keep` tokens survive unless a stage chose by design:
 greedy decoding (an effective temperature of 0, also reached by a schedule or dynamic
-temperature) and mirostat_v2, which may keep a single token, as in llama.cpp.
+temperature) and mirostat (v1 and v2), which may keep a single token, as in llama.cpp.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tokenlab.sampling import (
     SamplerParams,
     raw_stats,
 )
+from tokenlab.sampling.shaping import ADAPTIVE_TOTAL_WEIGHT, ADAPTIVE_WEIGHTED_SUM
 
 MAX_VOCAB = 40
 
@@ -86,7 +87,7 @@ def sampler_params(draw: st.DrawFn, n_vocab: int) -> SamplerParams:
                 st.lists(st.lists(st.integers(0, n_vocab + 2), min_size=1, max_size=3), max_size=3)
             )
         ),
-        mirostat=draw(st.sampled_from([0, 2])),
+        mirostat=draw(st.sampled_from([0, 1, 2])),
         mirostat_tau=draw(st.floats(0.0, 20.0)),
         mirostat_eta=draw(st.floats(0.0, 2.0)),
         dynatemp_range=draw(st.one_of(st.just(0.0), st.floats(0.0, 10.0))),
@@ -105,6 +106,13 @@ def sampler_params(draw: st.DrawFn, n_vocab: int) -> SamplerParams:
         watermark_gamma=draw(st.floats(0.01, 0.99)),
         watermark_delta=draw(st.one_of(st.just(0.0), st.floats(0.0, 1e3))),
         watermark_scheme=draw(st.sampled_from(["lefthash", "selfhash"])),
+        adaptive_target=draw(st.one_of(st.just(-1.0), unit)),
+        adaptive_decay=draw(st.one_of(st.sampled_from([0.0, 0.99]), st.floats(0.0, 0.99))),
+        smoothing_factor=draw(st.one_of(st.just(0.0), st.floats(0.0, 50.0), st.floats(0.0, 1e300))),
+        smoothing_curve=draw(st.one_of(st.sampled_from([1.0, 3.0, 10.0]), st.floats(1.0, 10.0))),
+        tfs_z=draw(unit),
+        top_h=draw(unit),
+        p_less=draw(unit),
     )
 
 
@@ -134,21 +142,32 @@ def alive_after_bias_and_ban(logits: np.ndarray, params: SamplerParams) -> int:
 def chose_by_design(result: PipelineResult) -> bool:
     """Whether greedy decoding or mirostat ran (they may keep fewer than min_keep tokens)."""
     return any(
-        report.name == "mirostat_v2"
+        report.name in ("mirostat_v1", "mirostat_v2")
         or (report.name == "temperature" and report.params.get("effective_temperature") == 0.0)
         for report in result.stages
     )
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases(), st.integers(0, 60), st.one_of(st.none(), st.floats(-50.0, 50.0)))
+@given(
+    cases(),
+    st.integers(0, 60),
+    st.one_of(st.none(), st.floats(-50.0, 50.0)),
+    st.one_of(st.none(), st.tuples(st.floats(0.0, 100.0), st.floats(0.0, 100.0))),
+)
 def test_any_input_gives_a_valid_distribution(
-    case: tuple[np.ndarray, SamplerParams, list[int]], step_index: int, mu: float | None
+    case: tuple[np.ndarray, SamplerParams, list[int]],
+    step_index: int,
+    mu: float | None,
+    moving_average: tuple[float, float] | None,
 ) -> None:
     logits, params, history = case
     before = logits.copy()
     history_before = list(history)
-    state = None if mu is None else {MIROSTAT_MU: mu}
+    state: dict[str, float] | None = None if mu is None else {MIROSTAT_MU: mu}
+    if moving_average is not None:  # adaptive-p's weighted sum and total weight (0 weight included)
+        state = {**(state or {}), ADAPTIVE_WEIGHTED_SUM: moving_average[0],
+                 ADAPTIVE_TOTAL_WEIGHT: moving_average[1]}
     pipeline = Pipeline(params)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # extreme inputs must not leak numpy RuntimeWarnings

@@ -20,7 +20,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tokenlab.cli import RunOptions, forwarded_flags
 
 ANSI = re.compile(r"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78])")
 
@@ -357,41 +356,3 @@ def test_bad_host_port_in_use_and_bad_flags_are_one_line() -> None:
     assert_one_line_error(run_serve("--files-dir", "/no/such/dir"), "--files-dir")
 
 
-def test_forwarded_flags_round_trip_through_the_lab_command(monkeypatch) -> None:
-    """Every shared flag a serve was given reaches the lab it spawns, derived from the option table."""
-    from typer.testing import CliRunner
-
-    import tokenlab.cli as cli
-
-    changed = RunOptions(
-        model="m.gguf", chat=False, seed=3, max_tokens=9, temperature=1.1, top_k=7, top_p=0.5, min_p=0.2,
-        typical_p=0.9, repeat_penalty=1.2, frequency_penalty=0.1, presence_penalty=0.2, penalty_last_n=-1,
-        min_keep=2, top_n_sigma=1.5, xtc_threshold=0.2, xtc_probability=0.3, dry_multiplier=0.8, dry_base=2.0,
-        dry_allowed_length=3, dry_penalty_last_n=-1, dry_sequence_breaker=["\n", "--"], mirostat=2,
-        mirostat_tau=4.0, mirostat_eta=0.2, dynatemp_range=0.3, dynatemp_exponent=1.5, temperature_end=0.5,
-        temperature_steps=10, temperature_curve="exponential", epsilon_cutoff=0.01, eta_cutoff=0.02, top_a=0.1,
-        no_repeat_ngram_size=3, scaled_frequency=1.2, scaled_presence=1.3, logit_bias=[" Paris=-2", "#5=1"],
-        ban=["#7"], samplers="top_k,temperature", preset="creative", top_n=7, ctx_size=512, threads=1,
-        gpu_layers=-1, watermark_key=5, watermark_gamma=0.3, watermark_delta=1.5, watermark_scheme="selfhash",
-        engine="http://127.0.0.1:9", logprobs=50, engine_timeout=5.0,
-    )
-    assert all(getattr(changed, name) != getattr(RunOptions(), name) for name in RunOptions.__dataclass_fields__), \
-        "the test must change every shared flag"
-    seen: list[RunOptions] = []
-    monkeypatch.setattr(cli, "run_lab", lambda prompt, opts, **kwargs: seen.append(opts))
-    result = CliRunner().invoke(cli.app, ["lab", "Hi", *forwarded_flags(changed)])
-    assert result.exit_code == 0, result.output
-    assert seen == [changed]
-    assert forwarded_flags(RunOptions()) == []
-
-
-def test_no_command_opens_the_lab_with_the_lab_defaults(monkeypatch) -> None:
-    from typer.testing import CliRunner
-
-    import tokenlab.cli as cli
-
-    seen: list[RunOptions] = []
-    monkeypatch.setattr(cli, "run_lab", lambda prompt, opts, **kwargs: seen.append(opts))
-    for args in ([], ["lab"]):
-        assert CliRunner().invoke(cli.app, args).exit_code == 0
-    assert len(seen) == 2 and seen[0] == seen[1] == RunOptions()

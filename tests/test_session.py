@@ -147,6 +147,27 @@ def test_export_command(engine: Engine, tmp_path) -> None:
     assert bad.returncode == 2 and "not found" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_one_table_of_formats_chooses_by_suffix(engine: Engine, tmp_path) -> None:
+    from tokenlab.export import EXPORT_CHOICES, EXPORT_FORMATS, format_for, to_html, to_markdown, write_session
+
+    session = make_session(engine)
+    suffixes = [suffix for file_format in EXPORT_FORMATS.values() for suffix in file_format.suffixes]
+    assert len(suffixes) == len(set(suffixes))  # one suffix, one format
+    written = {name: write_session(session, tmp_path / name) for name in ("a.md", "b.HTML", "c.json", "plain")}
+    assert written["a.md"].read_text(encoding="utf-8") == to_markdown(session)
+    assert written["b.HTML"].read_text(encoding="utf-8") == to_html(session)
+    for name in ("c.json", "plain"):  # the session itself, loadable again; a bare name is a session too
+        assert load(written[name]).current == session.current and format_for(name).loadable
+    with pytest.raises(ValueError, match="screen"):
+        write_session(session, tmp_path / "shot.svg")  # a screenshot: only the lab screen takes it
+    with pytest.raises(ValueError) as unknown:
+        write_session(session, tmp_path / "notes.txt")
+    assert all(suffix in str(unknown.value) for suffix in suffixes) and "'.txt'" in str(unknown.value)
+    assert not (tmp_path / "notes.txt").exists() and not (tmp_path / "shot.svg").exists()
+    # tokenlab export offers what renders from a saved session and is not the session itself
+    assert set(EXPORT_CHOICES) == {"md", "html"}
+
+
 def test_a_long_run_saves_without_deep_nesting(tmp_path) -> None:
     tree = GenerationTree("x")
     steps = [Step(index=i, id=i % 7, piece="a", text="a", logit=0.0, prob=0.5, final_prob=0.5, rank=1,

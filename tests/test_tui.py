@@ -431,8 +431,8 @@ async def test_stage_view_presets_and_stage_order(finished_engine, tmp_path, mon
         await pilot.press("escape")
         await pilot.press("end")
 
-        await pilot.press("t", "right_curly_bracket")  # temperature moves after mirostat_v2...
-        assert lab.params.samplers[-2:] == ("mirostat_v2", "temperature")
+        await pilot.press("t", "right_curly_bracket")  # temperature moves after mirostat_v1...
+        assert lab.params.samplers[-4:] == ("mirostat_v1", "temperature", "mirostat_v2", "adaptive_p")
         await pilot.press("left_curly_bracket")  # ...and back
         await pilot.press("left_curly_bracket")
         assert lab.params.samplers.index("temperature") < lab.params.samplers.index("xtc")
@@ -545,6 +545,13 @@ async def test_autosave_on_exit_and_exports_from_the_lab(finished_engine, tmp_pa
                         or "out.html" in str(n.message)]
         assert len(export_notes) == 2  # an export cannot be loaded: the note must not suggest --load
         assert all("--load" not in note and "exported to" in note for note in export_notes)
+        await pilot.press("s")  # a suffix no format has: one error naming the valid ones, nothing written
+        await wait_for(pilot, lambda: isinstance(app.screen, LineInput))
+        app.screen.query_one(Input).value = str(tmp_path / "notes.txt")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any("'.txt'" in str(n.message) for n in app._notifications))
+        assert not (tmp_path / "notes.txt").exists()
+        assert any(".json (the session)" in str(n.message) and n.severity == "error" for n in app._notifications)
     assert app.controller.stopped.wait(5)
     restored = load(autosave_path())
     assert list(restored.current) == shown and restored.tree.runs == 1
@@ -579,7 +586,7 @@ def test_an_unexpected_error_exits_non_zero_with_one_line_and_keeps_the_autosave
         finished_engine, tmp_path, monkeypatch, capsys) -> None:
     import typer
 
-    from tokenlab.cli import run_app
+    from tokenlab.commands.lab import run_app
     from tokenlab.lab.session import autosave_path, load
 
     monkeypatch.setenv("TOKENLAB_DATA", str(tmp_path / "data"))
@@ -802,3 +809,34 @@ async def test_the_prompt_is_shown_above_the_text_and_the_dice_under_the_title(f
         assert step.dice is not None
         assert f"u {step.dice[0]:.3f}" in table.render().plain  # type: ignore[union-attr]
         assert view.prompt_text() == PROMPT and view.plain_text() == step.text
+
+
+async def test_the_knob_panel_shows_adaptive_ps_moving_average_and_adapted_target(finished_engine) -> None:
+    from tokenlab.lab.knobs import KNOBS
+    from tokenlab.tui.widgets import KnobPanel
+
+    engine, apps = finished_engine
+    app = make_app(engine, params=SamplerParams(ban=(engine.eos_id,), adaptive_target=0.3))
+    apps.append(app)
+    async with app.run_test(size=(150, 45)) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        await pilot.press("k")
+        while KNOBS[lab.selected_knob].name != "adaptive_decay":
+            await pilot.press("down")
+
+        def line(label: str) -> str:
+            panel = lab.query_one(KnobPanel).render().plain  # type: ignore[union-attr]
+            return next(row for row in panel.split("\n") if label in row)
+
+        await wait_for(pilot, lambda: "avg" in line("adaptive decay"))
+        assert line("adaptive decay").split()[-2:] == ["avg", "0.30"]  # the average starts at the target
+        await pilot.press("n")  # one token: the average moves, and the target adapts against it
+        await wait_for(pilot, lambda: lab.frontier is not None and lab.frontier.index == 1
+                       and line("adaptive decay").split()[-1] != "0.30")
+        average = float(line("adaptive decay").split()[-1])
+        target_row = line("adaptive target").split()
+        assert target_row[-1] == "*"  # the target differs from its default
+        assert target_row[-3] == "0.30" and target_row[-2].startswith("→")
+        # 2·target - average, both shown to two decimals
+        assert float(target_row[-2][1:]) == pytest.approx(min(1.0, max(0.0, 0.6 - average)), abs=0.011)

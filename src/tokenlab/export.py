@@ -1,14 +1,23 @@
-"""Exports of a session's branch: Markdown with per-token probabilities, a standalone heat-coloured HTML page."""
+"""Writing a session to a file: the table of formats (chosen by the file's suffix) and the exports themselves.
+
+Markdown carries the branch on screen with per-token probabilities, HTML a standalone heat-coloured page;
+the session itself is JSON, and an .svg is a screenshot the lab screen takes. The lab, the lab screen and
+`tokenlab export` all choose from `EXPORT_FORMATS`.
+"""
 
 from __future__ import annotations
 
 import html
 import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-from tokenlab.engine.text import visible
-from tokenlab.lab.session import Session
+from tokenlab.files import write_text_atomic
+from tokenlab.lab.session import Session, dumps
 from tokenlab.lab.step import Step
-from tokenlab.render import heat_color, prob_heat
+from tokenlab.render import heat_color, prob_heat, visible
 from tokenlab.sampling import SamplerParams
 
 
@@ -110,3 +119,80 @@ def to_html(session: Session) -> str:
         f" · seed {session.seed}<br><span class=\"legend\">probability: {legend}</span></div>\n"
         f"<div class=\"text\">{''.join(spans)}</div>\n</body>\n</html>\n"
     )
+
+
+# -- the formats, chosen by a file's suffix ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileFormat:
+    """One way to write a lab's session to a file: its name, the suffixes that choose it, and its writer."""
+
+    name: str
+    """What `tokenlab export --format` calls it."""
+    suffixes: tuple[str, ...]
+    """File name endings (lower case) that choose it."""
+    description: str
+    """What the file holds, in a few words (for help texts and error messages)."""
+    render: Callable[[Session], str] | None
+    """The file's text for a session; None for a format the lab screen writes from what it shows."""
+    loadable: bool = False
+    """Whether `tokenlab lab --load` opens the file again (only the session itself)."""
+
+    @property
+    def from_screen(self) -> bool:
+        """Whether the lab screen writes it (a screenshot), not a writer of sessions."""
+        return self.render is None
+
+
+SESSION_FORMAT = FileFormat("json", (".json",), "the session: prompt, knobs and every run, to load again",
+                            dumps, loadable=True)
+"""The session itself, and what a file name without a suffix gets."""
+
+EXPORT_FORMATS: dict[str, FileFormat] = {
+    file_format.name: file_format
+    for file_format in (
+        SESSION_FORMAT,
+        FileFormat("md", (".md", ".markdown"), "text and per-token probabilities", to_markdown),
+        FileFormat("html", (".html", ".htm"), "a standalone heat-coloured page with hover tables", to_html),
+        FileFormat("svg", (".svg",), "a screenshot of the lab", None),
+    )
+}
+"""Every format a session is written in, by name; `format_for` picks one by a file's suffix."""
+
+EXPORT_CHOICES: tuple[str, ...] = tuple(
+    name for name, file_format in EXPORT_FORMATS.items() if not file_format.loadable and not file_format.from_screen
+)
+"""What `tokenlab export` renders from a saved session file (md, html)."""
+
+
+def valid_suffixes() -> str:
+    """Every suffix that chooses a format, in words: '.json (the session), .md, ... or .svg'."""
+    suffixes = [f"{suffix} (the session)" if fmt.loadable else suffix
+                for fmt in EXPORT_FORMATS.values() for suffix in fmt.suffixes]
+    return ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
+
+
+def format_for(path: str | os.PathLike[str], *, default: FileFormat | None = None) -> FileFormat:
+    """The format a file name asks for by its suffix (case aside); a name without one is the session.
+
+    Any other suffix gets `default`, or without one a ValueError naming the valid suffixes.
+    """
+    suffix = Path(path).suffix.lower()
+    if not suffix:
+        return SESSION_FORMAT
+    for file_format in EXPORT_FORMATS.values():
+        if suffix in file_format.suffixes:
+            return file_format
+    if default is not None:
+        return default
+    raise ValueError(f"{os.fspath(path)}: tokenlab writes no {suffix!r} files; end the name in {valid_suffixes()}")
+
+
+def write_session(session: Session, path: str | os.PathLike[str]) -> Path:
+    """Write `session` to `path` (atomically) in the format its suffix asks for; returns the file written."""
+    file_format = format_for(path)
+    if file_format.render is None:
+        raise ValueError(f"{os.fspath(path)}: {file_format.description} is taken by the lab screen, "
+                         "not written from a session")
+    return write_text_atomic(path, file_format.render(session))

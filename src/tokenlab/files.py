@@ -6,6 +6,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from tokenlab.errors import TokenlabError
 
 
 class NotARegularFileError(OSError):
@@ -55,7 +56,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return target
 
 
-class OutsideDirectoryError(ValueError):
+class OutsideDirectoryError(TokenlabError, ValueError):
     """A path that would leave the directory a served lab is confined to."""
 
 

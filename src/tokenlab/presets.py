@@ -23,6 +23,7 @@ else:  # pragma: no cover - Python 3.10 needs the tomli backport
 from tokenlab.files import write_text_atomic
 from tokenlab.sampling.params import SamplerParams
 from tokenlab.sampling.presets import BUILTIN_PRESETS
+from tokenlab.errors import TokenlabError
 
 CONFIG_ENV = "TOKENLAB_CONFIG"
 """Environment variable naming the config directory (else the platform's user config dir)."""
@@ -32,7 +33,7 @@ _KNOBS = tuple(f.name for f in dataclasses.fields(SamplerParams))
 _HEADER = '# tokenlab sampler presets: one [presets."name"] table each; unset knobs are defaults\n'
 
 
-class PresetError(ValueError):
+class PresetError(TokenlabError, ValueError):
     """A preset that cannot be found, saved, loaded or deleted; str() is one line."""
 
 

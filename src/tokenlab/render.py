@@ -1,8 +1,13 @@
-"""Heat colours and rich renderables shared by the CLI and the TUI."""
+"""Presentation shared by the CLI, the TUI and the exports: escaped token text, heat colours, rich tables.
+
+Nothing below `tokenlab.render` (sampling, engine, lab) imports it; the CLI's commands, the TUI's widgets
+and screens, and `tokenlab.export` build what they show from it.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,8 +15,50 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from tokenlab.engine.text import visible
+from tokenlab.lab.rollouts import CHECK_ALPHA, EmpiricalCheck, RolloutResult
 from tokenlab.lab.step import Candidate, Step
+
+# -- token text, escaped for display ----------------------------------------------------------------
+
+_VISIBLE = {
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+}
+
+
+def _is_control(char: str) -> bool:
+    """C0 and C1 control characters and DEL: what a terminal may take as a command (ESC, CSI, BEL...)."""
+    code = ord(char)
+    return code < 32 or 127 <= code < 160
+
+
+def visible(text: str) -> str:
+    """Text with whitespace and control characters made visible (for candidate tables)."""
+    out = []
+    for char in text:
+        if char in _VISIBLE:
+            out.append(_VISIBLE[char])
+        elif _is_control(char):
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """Text for a terminal: control characters other than newline and tab shown as \\xNN, so none is obeyed.
+
+    Token text, prompts and model metadata come from files a user did not write; an ESC in them could
+    clear the screen, retitle the window or plant a link.
+    """
+    return _TERMINAL_UNSAFE.sub(lambda match: visible(match.group()), text)
+
+
+# -- heat colours -----------------------------------------------------------------------------------
 
 # Anchors of the red -> yellow -> green scale (low probability is red).
 _RED = (190, 40, 40)
@@ -219,3 +266,188 @@ def stage_view_tables(view: Any, *, token_width: int = 24) -> tuple[Table, Table
                 cells.append(Text("" if removed else f"{row.probs[column]:.4f}"))
         moves.add_row(Text(f"'{visible(text)[:token_width]}'"), f"{raw:.4f}", *cells)
     return summary, moves
+
+
+# -- A/B comparison -------------------------------------------------------------------------------
+
+
+def compare_step_table(step: Any) -> Table:
+    """A rich table of one step under knob sets A and B: raw p, each set's final p and what removed it."""
+    table = Table(title=Text(f"next token · A keeps {step.survivors_a:,} ({step.entropy_a:.2f} bits) · "
+                             f"B keeps {step.survivors_b:,} ({step.entropy_b:.2f} bits)"),
+                  title_justify="left", expand=False, box=box.SIMPLE_HEAD)
+    table.add_column("token")
+    table.add_column("raw p", justify="right")
+    table.add_column("A final", justify="right")
+    table.add_column("", min_width=8)
+    table.add_column("B final", justify="right")
+    table.add_column("", min_width=8)
+    table.add_column("removed by A / B", style="dim")
+    for row in step.rows:
+        removed = " / ".join(name or "·" for name in (row.removed_by_a, row.removed_by_b))
+        table.add_row(
+            Text(f"'{visible(row.text)}'"),
+            f"{row.prob:.4f}",
+            f"{row.final_a:.4f}",
+            Text("█" * round(row.final_a * 8), style=heat_color(prob_heat(row.final_a))),
+            f"{row.final_b:.4f}",
+            Text("█" * round(row.final_b * 8), style=heat_color(prob_heat(row.final_b))),
+            "" if removed == "· / ·" else removed,
+            style="dim" if row.removed_by_a and row.removed_by_b else "",
+        )
+    return table
+
+
+def compared_text(steps: Iterable[Any]) -> Text:
+    """A compared generation's text, each token on the heat colour of its raw probability."""
+    text = Text()
+    for step in steps:
+        text.append(terminal_safe(step.text), style=f"black on {heat_color(prob_heat(step.prob))}")
+    return text
+
+
+# -- rollouts: the empirical check and the continuations by first token ------------------------------
+
+MAX_CHECK_ROWS = 12
+"""First-token candidates listed in the check table (the rest are summed in one row)."""
+MAX_GROUPS = 8
+"""First-token groups listed in the continuations table."""
+PER_GROUP = 3
+"""Continuations listed under each group."""
+
+
+def headline(result: RolloutResult) -> Text:
+    """One line: what ran, how fast, how many distinct continuations."""
+    distinct = sum(len(group.continuations) for group in result.groups)
+    waves = f" in {result.waves} waves of {result.parallel}" if result.waves > 1 else ""
+    line = Text(
+        f"{_count(len(result.rollouts), 'rollout')} × {_count(result.length, 'token')} "
+        f"after {result.context_len} context tokens"
+        f"{waves} · seed {result.seed} · {result.tokens} tokens in {result.seconds:.2f} s "
+        f"({result.tokens_per_second:.1f} tok/s) · {distinct} distinct"
+    )
+    if result.cancelled:
+        line.append(f" · cancelled ({len(result.rollouts)} of {result.n} started)", style="bold yellow")
+    return line
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _token_cell(text: str) -> Text:
+    return Text(f"'{visible(text)}'")
+
+
+def check_table(check: EmpiricalCheck, *, max_rows: int = MAX_CHECK_ROWS) -> Table:
+    """The first token's candidates: raw and predicted probability, expected and observed counts."""
+    table = Table(
+        title=f"empirical check · first token, observed vs predicted (n = {check.n})",
+        title_justify="left", box=box.SIMPLE_HEAD, expand=False,
+    )
+    table.add_column("token")
+    table.add_column("id", justify="right", style="dim")
+    table.add_column("raw p", justify="right")
+    table.add_column("predicted", justify="right")
+    table.add_column("observed", justify="right")
+    table.add_column("exp. n", justify="right")
+    table.add_column("obs. n", justify="right")
+    table.add_column("residual", justify="right")
+    table.add_column("", min_width=10)
+    for row in check.rows[:max_rows]:
+        impossible = row.expected == 0 and row.observed > 0
+        residual = (row.observed - row.expected) / math.sqrt(row.expected) if row.expected > 0 else math.inf
+        bar = Text("█" * round(row.predicted * 10), style=heat_color(prob_heat(row.predicted)))
+        table.add_row(
+            _token_cell(row.text), str(row.id), f"{row.raw_prob:.4f}", f"{row.predicted:.4f}",
+            f"{row.frequency:.4f}", f"{row.expected:.1f}", str(row.observed),
+            "∞" if impossible else f"{residual:+.2f}", bar, style="bold red" if impossible else "",
+        )
+    hidden = check.rows[max_rows:]
+    rest_expected = check.rest_expected + sum(row.expected for row in hidden)
+    rest_observed = check.rest_observed + sum(row.observed for row in hidden)
+    if rest_expected > 0 or rest_observed:
+        n = max(check.n, 1)
+        table.add_row(
+            Text("(all others)", style="dim"), "", "", f"{rest_expected / n:.4f}",
+            f"{rest_observed / n:.4f}", f"{rest_expected:.1f}", str(rest_observed), "", "", style="dim",
+        )
+    return table
+
+
+def check_verdict(check: EmpiricalCheck) -> Text:
+    """The chi-square line: statistic, degrees of freedom, p-value and what it means."""
+    if check.impossible:
+        return Text(
+            f"✗ {check.impossible} draw(s) of tokens the pipeline gave probability 0: "
+            "the sampler broke its promise",
+            style="bold red",
+        )
+    if check.p_value is None:
+        possible = sum(1 for row in check.rows if row.predicted > 0)
+        if possible == 1 and check.rest_expected == 0:
+            return Text("chi-square: nothing to test (only one first token is possible)", style="dim")
+        return Text("chi-square: nothing to test yet (too few rollouts); use more (-n) for a check",
+                    style="dim")
+    pooled = sum(1 for label, _, _ in check.categories if "other" in label)
+    text = Text(
+        f"chi-square {check.statistic:.2f} on {check.dof} dof"
+        f"{' (tokens expected < 5 times pooled)' if pooled else ''} · p = {format_p(check.p_value)} → "
+    )
+    if check.passed:
+        text.append(f"the sampler keeps its promise (p ≥ {CHECK_ALPHA:g})", style="bold green")
+    else:
+        text.append(f"observed first tokens do not match the predicted distribution (p < {CHECK_ALPHA:g})",
+                    style="bold red")
+    return text
+
+
+def format_p(p_value: float) -> str:
+    """A p-value with sensible digits (0.613, 0.0042, 3.1e-09)."""
+    if p_value == 0 or p_value < 1e-4:
+        return f"{p_value:.2g}" if p_value > 0 else "0"
+    return f"{p_value:.3g}"
+
+
+def continuations_table(
+    result: RolloutResult, *, max_groups: int = MAX_GROUPS, per_group: int = PER_GROUP
+) -> Table:
+    """Distinct continuations grouped by first token, the most frequent groups first, collapsed."""
+    distinct = sum(len(group.continuations) for group in result.groups)
+    table = Table(
+        title=f"continuations by first token · {_count(len(result.groups), 'first token')}, "
+              f"{distinct} distinct",
+        title_justify="left", box=box.SIMPLE_HEAD, expand=False,
+    )
+    table.add_column("count", justify="right")
+    table.add_column("freq", justify="right")
+    table.add_column("p", justify="right")
+    table.add_column("log p", justify="right")
+    table.add_column("continuation", overflow="fold")
+    for group in result.groups[:max_groups]:
+        table.add_row(
+            str(group.count), f"{group.frequency:.3f}", f"{group.predicted:.4f}", "",
+            Text.assemble(("▸ ", "dim"), (f"'{visible(group.text)}'", "bold")),
+        )
+        if len(group.continuations) == 1 and len(group.continuations[0].ids) == 1:
+            continue  # one-token rollouts: the group row says it all
+        for continuation in group.continuations[:per_group]:
+            # coloured by the geometric mean of its tokens' probabilities (comparable across lengths)
+            per_token = continuation.prob ** (1 / max(1, len(continuation.ids)))
+            line = Text("  ")
+            line.append(visible(continuation.text), style=f"black on {heat_color(prob_heat(per_token))}")
+            if continuation.eog:
+                line.append(" ⏎eog", style="dim")
+            logprob = f"{continuation.logprob:.2f}" if math.isfinite(continuation.logprob) else "-inf"
+            table.add_row(str(continuation.count), f"{continuation.frequency:.3f}",
+                          f"{continuation.prob:.2e}", logprob, line)
+        more = group.continuations[per_group:]
+        if more:
+            table.add_row("", "", "", "", Text(
+                f"  … {len(more)} more ({_count(sum(c.count for c in more), 'rollout')})", style="dim"))
+    hidden = result.groups[max_groups:]
+    if hidden:
+        table.add_row("", "", "", "", Text(
+            f"… {_count(len(hidden), 'more first token')} ({sum(g.count for g in hidden)} rollouts, "
+            f"{sum(len(g.continuations) for g in hidden)} distinct)", style="dim"))
+    return table

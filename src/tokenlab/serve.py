@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from textual_serve.server import Server
+from tokenlab.errors import TokenlabError
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 """Addresses that listen on every interface: the Host header cannot be checked against a known name."""
@@ -22,7 +23,7 @@ _HOST_HEADER = re.compile(r"^[A-Za-z0-9.\-]+(:\d+)?$|^\[[0-9A-Fa-f:.]+\](:\d+)?$
 """What a Host header may look like (a name or an IP literal, an optional port); nothing else reaches a page."""
 
 
-class AddressError(Exception):
+class AddressError(TokenlabError):
     """The address to listen on cannot be used (unknown host, port in use, not this machine's address)."""
 
 

@@ -10,6 +10,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tokenlab.commands.common import user_errors
+from tokenlab.errors import UserError
+
 
 def lesson(
     name: Annotated[Optional[str], typer.Argument(help="The lesson to run (see --list), or a lesson file's path. Default: the list, in the lab.", show_default=False)] = None,
@@ -24,14 +27,12 @@ def lesson(
     Lessons are TOML files: the built-in ones, plus yours in the data directory's lessons/ folder
     (TOKENLAB_DATA overrides it) or in --dir. In the lab, L goes to the next step, B back, E ends.
     """
-    from tokenlab.cli import user_errors
-
     with user_errors():
         _lesson(name, list_, folder, model, threads)
 
 
 def _lesson(name: str | None, list_: bool, folder: Path | None, model: str | None, threads: int | None) -> None:
-    from tokenlab.cli import UserError, run_app
+    from tokenlab.commands.lab import run_app
     from tokenlab.engine import Engine, EngineOptions
     from tokenlab.engine.models import DEFAULT_MODEL, resolve_model
     from tokenlab.lab.controller import LabSettings

@@ -23,12 +23,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from tokenlab.commands.common import print_error
 from tokenlab.engine import models as catalogue
 from tokenlab.engine.models import DEFAULT_MODEL, ModelError
+from tokenlab.errors import EXIT_BAD_INPUT
 
 __all__ = ["RichPullProgress", "app"]
 
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
@@ -99,8 +100,8 @@ class RichPullProgress:
         self._progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    print_error(message)
     return typer.Exit(code)
 
 

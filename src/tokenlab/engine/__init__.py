@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from tokenlab.engine.llama import Engine, EngineError, EngineOptions
-from tokenlab.engine.text import Utf8Stream, escape_piece, visible
+from tokenlab.engine.text import Utf8Stream, escape_piece
 
-__all__ = ["Engine", "EngineError", "EngineOptions", "Utf8Stream", "escape_piece", "visible"]
+__all__ = ["Engine", "EngineError", "EngineOptions", "Utf8Stream", "escape_piece"]

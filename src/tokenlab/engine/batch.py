@@ -164,6 +164,18 @@ class BatchDecoder:
         self._lib.llama_memory_seq_rm(self._memory, -1, self.prefix_len, -1)
         self.lengths = [self.prefix_len] * self.n_seq
 
+    def fork(self, source: int, target: int) -> None:
+        """Make sequence `target` a copy of sequence `source` (its cells are shared, not recomputed)."""
+        self._check_open()
+        for seq in (source, target):
+            if not 0 <= seq < self.n_seq:
+                raise ValueError(f"sequence id {seq} is outside 0..{self.n_seq - 1}")
+        if source == target:
+            return
+        self._lib.llama_memory_seq_rm(self._memory, target, -1, -1)
+        self._lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+        self.lengths[target] = self.lengths[source]
+
     def step(self, seq_ids: Sequence[int], tokens: Sequence[int]) -> np.ndarray:
         """Append tokens[i] to sequence seq_ids[i] for every i in one llama_decode; one logits row each.
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from tokenlab.engine.system import BuildInfo, build_info, without_extra_buffer_types
 from tokenlab.engine.text import escape_piece
+from tokenlab.errors import TokenlabError
 
 
 @functools.cache
@@ -45,7 +46,7 @@ def use_openmp_defaults() -> None:
 use_openmp_defaults()
 
 
-class EngineError(Exception):
+class EngineError(TokenlabError):
     """A user-facing engine failure; str() is one line saying what was wrong and how to fix it."""
 
 

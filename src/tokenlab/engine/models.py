@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import platformdirs
+from tokenlab.errors import TokenlabError
 
 __all__ = [
     "CATALOGUE",
@@ -55,7 +56,7 @@ _FILE_MODE = 0o644  # mkstemp creates 0600; a pulled model is an ordinary shared
 _COPY_BLOCK = 1 << 20  # 1 MiB: large enough for throughput, small enough for a smooth progress bar.
 
 
-class ModelError(Exception):
+class ModelError(TokenlabError):
     """A user-facing model problem; ``str()`` is one line: what was wrong and how to fix it."""
 
 

@@ -112,7 +112,8 @@ class FrontierView(LabEvent):
     stages: tuple[tuple[str, int], ...]
     """(stage name, tokens kept) for every stage that ran."""
     live: tuple[tuple[str, float], ...] = ()
-    """Values the knobs do not show by themselves: the scheduled/dynamic temperature, mirostat's mu."""
+    """Values the knobs do not show by themselves: the scheduled/dynamic temperature, mirostat's mu,
+    adaptive-p's adapted target and moving average."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,10 @@ def live_values(result: PipelineResult) -> list[tuple[str, float]]:
             values.append(("temperature", float(params["effective_temperature"])))  # type: ignore[arg-type]
         if report.name.startswith("mirostat") and "mu" in params:
             values.append(("mirostat_tau", float(params["mu"])))  # type: ignore[arg-type]
+        if report.name == "adaptive_p" and "adapted_target" in params:
+            # the target this step aims at, and (beside the decay) the moving average it adapts to
+            values.append(("adaptive_target", float(params["adapted_target"])))  # type: ignore[arg-type]
+            values.append(("adaptive_decay", float(params["average"])))  # type: ignore[arg-type]
     return values
 
 
@@ -523,21 +528,15 @@ class LabController:
             current=tuple(step.id for step in generation.steps) if generation is not None else (),
         )
 
-    def _cmd_save(self, path: str) -> None:
-        from tokenlab.export import to_html, to_markdown
-        from tokenlab.files import confined_path, write_text_atomic
-        from tokenlab.lab.session import save
+    def _cmd_save(self, path: str, write: Callable[[Any, str], Any]) -> None:
+        """Write the session to `path` with `write(session, path)`: the caller picks the format, not the lab."""
+        from tokenlab.files import confined_path
 
         session = self.session()
         target = confined_path(path, self.settings.files_dir)  # a served lab writes inside its directory only
         path = str(target) if self.settings.files_dir is not None else path
         try:
-            if path.endswith((".md", ".markdown")):
-                written = write_text_atomic(path, to_markdown(session))
-            elif path.endswith((".html", ".htm")):
-                written = write_text_atomic(path, to_html(session))
-            else:
-                written = save(session, path)
+            written = write(session, path)
         except OSError as exc:
             raise ValueError(f"could not save to {path}: {exc.strerror or exc}") from None
         self.emit(SessionSaved(str(written)))

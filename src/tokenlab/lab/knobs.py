@@ -1,7 +1,8 @@
 """The knobs of the lab: which sampler parameters can be turned and by how much.
 
-Their bounds are SamplerParams' own (FIELD_RANGES), so a value the command line accepts is one the
-knob panel holds, and turning a knob never jumps to another range.
+Each knob is derived from its SamplerParams field's declaration (sampling/declare.py): its bounds are
+the parameter's own (FIELD_RANGES), so a value the command line accepts is one the knob panel holds,
+and turning a knob never jumps to another range.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from tokenlab.sampling import DEFAULT_ORDER, FIELD_RANGES, FieldRange, SamplerParams
+from tokenlab.sampling.declare import Knob, declared
 
 
 @dataclass(frozen=True)
@@ -83,77 +85,19 @@ class KnobSpec:
         return f"{value:.3f}" if self.fine >= 0.001 else f"{value:.4f}"
 
 
-KNOBS: tuple[KnobSpec, ...] = (
-    KnobSpec("temperature", "temperature", "temperature", 0.05, 0.25,
-             help="softmax temperature; 0 = greedy"),
-    KnobSpec("top_k", "top-k", "top_k", 1, 10,
-             help="keep the k most likely tokens; 0 = off"),
-    KnobSpec("top_p", "top-p", "top_p", 0.01, 0.05,
-             help="keep the smallest set reaching this mass; 1 = off"),
-    KnobSpec("min_p", "min-p", "min_p", 0.01, 0.05,
-             help="drop tokens below min-p x the top probability; 0 = off"),
-    KnobSpec("typical_p", "typical-p", "typical_p", 0.01, 0.05,
-             help="locally typical sampling mass; 1 = off"),
-    KnobSpec("repeat_penalty", "repeat pen.", "penalties", 0.01, 0.1,
-             help="divide/multiply logits of recent tokens; 1 = off"),
-    KnobSpec("frequency_penalty", "frequency pen.", "penalties", 0.05, 0.25,
-             help="subtract count x this from recent tokens; 0 = off"),
-    KnobSpec("presence_penalty", "presence pen.", "penalties", 0.05, 0.25,
-             help="subtract this from tokens seen recently; 0 = off"),
-    KnobSpec("penalty_last_n", "penalty window", "penalties", 1, 16, acts_in=("penalties", "scaled_penalties"),
-             help="recent tokens the penalties see; 0 = off, -1 = all"),
-    KnobSpec("min_keep", "min keep", "", 1, 5, acts_in=("top_k", "typical_p", "top_p", "min_p"),
-             help="top-k, typical-p, top-p and min-p keep at least this many tokens"),
-    KnobSpec("top_n_sigma", "top-n-sigma", "top_n_sigma", 0.1, 0.5,
-             help="keep logits >= max - n·sigma; <= 0 = off"),
-    KnobSpec("xtc_probability", "xtc prob.", "xtc", 0.05, 0.25,
-             help="chance of excluding the top choices; 0 = off"),
-    KnobSpec("xtc_threshold", "xtc threshold", "xtc", 0.01, 0.05,
-             help="tokens above this probability can be excluded"),
-    KnobSpec("dry_multiplier", "dry mult.", "dry", 0.05, 0.25,
-             help="DRY repetition penalty; 0 = off"),
-    KnobSpec("dry_base", "dry base", "dry", 0.05, 0.25, help="DRY exponential base"),
-    KnobSpec("dry_allowed_length", "dry allowed", "dry", 1, 4,
-             help="DRY: repeats up to this length are free"),
-    KnobSpec("dry_penalty_last_n", "dry window", "dry", 16, 64,
-             help="DRY: history scanned; -1 = all"),
-    KnobSpec("mirostat", "mirostat", "mirostat_v2", 2, 2, bounds=FieldRange(low=0, high=2, integer=True),
-             help="2 = mirostat v2 chooses the token; 0 = off"),
-    KnobSpec("mirostat_tau", "mirostat tau", "mirostat_v2", 0.1, 1.0,
-             help="mirostat target surprise (bits)"),
-    KnobSpec("mirostat_eta", "mirostat eta", "mirostat_v2", 0.01, 0.05,
-             help="mirostat learning rate"),
-    KnobSpec("dynatemp_range", "dynatemp range", "temperature", 0.05, 0.25,
-             help="temperature ± range by entropy; 0 = off"),
-    KnobSpec("dynatemp_exponent", "dynatemp exp.", "temperature", 0.1, 0.5,
-             help="dynamic temperature exponent"),
-    KnobSpec("temperature_end", "temp. end", "temperature", 0.05, 0.25, optional=True, origin="tokenlab",
-             start_from="temperature", help="schedule: temperature moves to this; off = none"),
-    KnobSpec("temperature_steps", "temp. steps", "temperature", 1, 16, origin="tokenlab",
-             help="schedule length in tokens"),
-    KnobSpec("epsilon_cutoff", "epsilon", "epsilon", 0.0001, 0.001, origin="transformers",
-             help="drop tokens with p < epsilon; 0 = off"),
-    KnobSpec("eta_cutoff", "eta", "eta", 0.0001, 0.001, origin="transformers",
-             help="entropy-scaled cut-off; 0 = off"),
-    KnobSpec("top_a", "top-a", "top_a", 0.01, 0.05, origin="text-generation-webui",
-             help="drop tokens with p < top_a·p_max²; 0 = off"),
-    KnobSpec("no_repeat_ngram_size", "no-repeat n-gram", "no_repeat_ngram", 1, 2, origin="transformers",
-             help="never repeat an n-gram of this size; 0 = off"),
-    KnobSpec("scaled_frequency", "scaled freq.", "scaled_penalties", 0.05, 0.25, origin="tokenlab",
-             help="frequency penalty as a temperature; 1 = off"),
-    KnobSpec("scaled_presence", "scaled pres.", "scaled_penalties", 0.05, 0.25, origin="tokenlab",
-             help="presence penalty as a temperature; 1 = off"),
-    # the lab turns keys 0..999,999 (the command line takes any key below 2**63)
-    KnobSpec("watermark_key", "watermark key", "watermark", 1, 1000, optional=True, origin="tokenlab",
-             bounds=FieldRange(low=0, high=999_999, integer=True, optional=True),
-             help="KGW watermark key (score detects it); off = none"),
-    KnobSpec("watermark_gamma", "wm. gamma", "watermark", 0.01, 0.05, origin="tokenlab",
-             bounds=FieldRange(low=0.0, high=1.0, low_open=True, high_open=True),
-             help="watermark: green fraction of the vocabulary (Kirchenbauer et al.)"),
-    KnobSpec("watermark_delta", "wm. delta", "watermark", 0.1, 0.5, origin="tokenlab",
-             help="watermark: added to green logits; 0 = off"),
+def _knob_spec(name: str, declaration: Knob) -> KnobSpec:
+    return KnobSpec(
+        name, declaration.label, declaration.stage, declaration.fine, declaration.coarse, help=declaration.hint,
+        optional=(declaration.lab_range or declaration.range or FieldRange()).optional,
+        start_from=declaration.start_from, origin=declaration.origin, acts_in=declaration.acts_in,
+        bounds=declaration.lab_range,
+    )
+
+
+KNOBS: tuple[KnobSpec, ...] = tuple(
+    _knob_spec(item.name, declaration) for item, declaration in declared(SamplerParams) if declaration.in_lab
 )
-"""Every knob, in the order the knob panel lists them."""
+"""Every knob, in the order the knob panel lists them: SamplerParams' fields that declare a label."""
 
 KNOBS_BY_NAME: dict[str, KnobSpec] = {knob.name: knob for knob in KNOBS}
 DEFAULTS = SamplerParams()

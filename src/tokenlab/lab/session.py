@@ -19,12 +19,13 @@ from tokenlab.files import write_text_atomic
 from tokenlab.lab.step import Candidate, Step
 from tokenlab.lab.tree import GenerationTree, TreeNode
 from tokenlab.sampling import SamplerParams
+from tokenlab.errors import TokenlabError
 
 FORMAT = "tokenlab-session"
 VERSION = 1
 
 
-class SessionError(ValueError):
+class SessionError(TokenlabError, ValueError):
     """A session file that cannot be read; str() is one line saying what is wrong and what to do."""
 
 

@@ -7,8 +7,9 @@ Pure numpy; usable on any logits row::
     token = result.draw(np.random.default_rng(0))
 
 The catalogue, with the semantics of the project each knob is named after: llama.cpp's penalties,
-dry, top_n_sigma, top_k, typical_p, top_p, min_p, xtc, temperature (with dynamic temperature) and
-mirostat_v2; transformers' epsilon, eta and no_repeat_ngram; text-generation-webui's top_a;
+dry, top_n_sigma, top_k, typical_p, top_p, min_p, xtc, temperature (with dynamic temperature),
+mirostat_v1, mirostat_v2 and adaptive_p; transformers' epsilon, eta, top_h and no_repeat_ngram;
+text-generation-webui's top_a and smoothing; KoboldCpp's tail_free; the p-less paper's p_less;
 tokenlab's scaled_penalties and temperature schedule; and a KGW watermark (`watermark.py`, with the
 z-test that detects it).  `DEFAULT_ORDER` holds them all in llama.cpp's
 order; a stage whose knobs are off is dropped when the Pipeline is built, so the defaults run exactly
@@ -19,7 +20,7 @@ stateful ones read the `state` mapping that the previous step's `PipelineResult.
 returned, and schedules read `step_index`; so the lab can rewind and branch by keeping old states.
 
 Design: each stage is a small class registered by name (`stages.py`, `filters.py`, `history.py`,
-`mirostat.py`, `watermark.py`) that maps `Candidates` to `Candidates`; candidates are dense (the row by token id,
+`mirostat.py`, `shaping.py`, `watermark.py`) that maps `Candidates` to `Candidates`; candidates are dense (the row by token id,
 -inf = removed) until a cut such as top-k makes them sparse (ids + float64 logits, sorted by
 descending logit, ties by ascending id), after which every stage touches only the survivors.
 logit_bias, ban and the history stages edit one private float64 copy of the row in place (earlier

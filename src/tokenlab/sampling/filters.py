@@ -1,9 +1,11 @@
-"""Truncation filters beyond llama.cpp's core chain: top-n-sigma, XTC, epsilon, eta and top-a.
+"""Truncation filters beyond llama.cpp's core chain: top-n-sigma, XTC, epsilon, eta, top-a, tail-free,
+top-H and p-less.
 
-top_n_sigma and xtc follow llama.cpp (src/llama-sampler.cpp); epsilon and eta follow Hugging Face
-transformers' EpsilonLogitsWarper and EtaLogitsWarper; top_a follows text-generation-webui's
-TopALogitsWarper.  Every filter here keeps at least `min_keep` tokens when it received that many
-(XTC by skipping a removal that would leave fewer, as llama.cpp does).
+top_n_sigma and xtc follow llama.cpp (src/llama-sampler.cpp); epsilon, eta and top_h follow Hugging
+Face transformers' EpsilonLogitsWarper, EtaLogitsWarper and TopHLogitsWarper; top_a follows
+text-generation-webui's TopALogitsWarper; tail_free follows KoboldCpp's sample_tail_free; p_less
+follows the p-less paper (llama.cpp PR #26035).  Every filter here keeps at least `min_keep` tokens
+when it received that many (XTC by skipping a removal that would leave fewer, as llama.cpp does).
 """
 
 from __future__ import annotations
@@ -269,3 +271,134 @@ class TopA(Stage):
 
     def describe(self) -> dict[str, object]:
         return {"a": self.a, "min_keep": self.min_keep}
+
+
+@register_stage
+class TailFree(Stage):
+    """Tail-free sampling (KoboldCpp's sample_tail_free, llama.cpp's former tail_free): cut the tail
+    where the curvature of the sorted probabilities is spent.
+
+    With p sorted in descending order, d_i = |p_i - 2·p_{i+1} + p_{i+2}| (i = 0 .. n-3) is normalised
+    to sum 1 (uniform 1/(n-2) when the sum is below 1e-6); the stage keeps the first i tokens, i the
+    first index >= min_keep where the running sum of d exceeds z.  Two or fewer tokens are left alone.
+    text-generation-webui's TailFreeLogitsWarper reads the same sums but keeps one token more
+    (position i as well) and always drops the last token; tokenlab follows KoboldCpp.
+    """
+
+    name = "tail_free"
+
+    def __init__(self, z: float, min_keep: int = 1) -> None:
+        self.z = check_float("tfs_z", z, low=0.0, high=1.0, note=" (1 = off)")
+        self.min_keep = check_int("min_keep", min_keep, low=1)
+        self._cutoff = Cutoff(
+            self.z, "mass", "kept tokens until the normalised curvature of the sorted p passes z"
+        )
+
+    @classmethod
+    def from_params(cls, params: SamplerParams) -> Stage | None:
+        return cls(params.tfs_z, params.min_keep) if params.tfs_z < 1.0 else None
+
+    def outcome(self, candidates: Candidates, context: StepContext) -> StageOutcome:
+        if candidates.count() <= 2:
+            return StageOutcome(candidates, self._cutoff)
+        ranked = candidates.sorted_sparse()
+        probs = softmax(ranked.logits)
+        curvature = np.abs(np.diff(probs, 2))
+        total = float(curvature.sum())
+        if total > 1e-6:
+            curvature /= total
+        else:  # a (nearly) straight line: every step counts the same
+            curvature[:] = 1.0 / curvature.shape[0]
+        cumulative = np.cumsum(curvature)
+        past = np.flatnonzero(cumulative > self.z)
+        past = past[past >= self.min_keep]
+        if past.shape[0] == 0:
+            return StageOutcome(ranked, self._cutoff)
+        return StageOutcome(ranked.head(int(past[0])), self._cutoff)
+
+    def describe(self) -> dict[str, object]:
+        return {"z": self.z, "min_keep": self.min_keep}
+
+
+TOP_H_CANDIDATES = 100
+"""Top-H looks at this many of the most likely tokens and removes the rest (transformers' top_n)."""
+
+
+@register_stage
+class TopH(Stage):
+    """Top-H (transformers' TopHLogitsWarper): keep the most likely tokens while their entropy terms
+    add up to at most top_h·H.
+
+    Only the 100 most likely tokens take part (the rest are removed): p is renormalised over them,
+    H = -Σ p·ln p, and tokens are added in order while the running sum of -p·ln p stays <= top_h·H.
+    The most likely token (and the `min_keep` most likely) always stay.  H is the running sum's last
+    value, so top_h = 1 keeps all 100 exactly.
+    """
+
+    name = "top_h"
+
+    def __init__(self, top_h: float, min_keep: int = 1) -> None:
+        self.top_h = check_float("top_h", top_h, low=0.0, high=1.0, low_open=True, note=" (0 = off)")
+        self.min_keep = check_int("min_keep", min_keep, low=1)
+        self._rule = f"kept the top tokens while their entropy stays <= {self.top_h:g}·H"
+
+    @classmethod
+    def from_params(cls, params: SamplerParams) -> Stage | None:
+        return cls(params.top_h, params.min_keep) if params.top_h > 0 else None
+
+    def outcome(self, candidates: Candidates, context: StepContext) -> StageOutcome:
+        alive = candidates.count()
+        considered = candidates.top(min(TOP_H_CANDIDATES, alive))
+        probs = softmax(considered.logits)
+        positive = probs > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(positive, -probs * np.log(np.where(positive, probs, 1.0)), 0.0)
+        cumulative = np.cumsum(terms)
+        entropy = float(cumulative[-1])
+        tau = self.top_h * entropy
+        # transformers' -0·log 0 is NaN, which removes an underflowed token and every one after it
+        keep = (cumulative <= tau) & positive
+        keep[0] = True
+        kept = int(np.argmin(keep)) if not keep.all() else keep.shape[0]  # keep is a prefix
+        kept = max(kept, min(self.min_keep, alive))
+        after = considered.head(kept) if kept <= considered.count() else candidates.top(kept)
+        cutoff = Cutoff(tau, "entropy_nats", self._rule)
+        return StageOutcome(after, cutoff, {"entropy": entropy, "tau": tau})
+
+    def describe(self) -> dict[str, object]:
+        return {"top_h": self.top_h, "min_keep": self.min_keep}
+
+
+@register_stage
+class PLess(Stage):
+    """p-less sampling (llama.cpp PR #26035, Tan et al. 2025): keep tokens with p >= strength·Σp².
+
+    Σp² is the chance that two draws from the distribution agree, so the cut follows the whole
+    distribution and needs no parameter: strength 1 is the paper's rule, lower values cut less,
+    0 turns the stage off.  The most likely token always passes (Σp² <= p_max), and so do the
+    `min_keep` most likely (and any tied with the last of them).
+    """
+
+    name = "p_less"
+
+    def __init__(self, strength: float = 1.0, min_keep: int = 1) -> None:
+        self.strength = check_float(
+            "p_less", strength, low=0.0, high=1.0, low_open=True, note=" (0 = off, 1 = the paper)"
+        )
+        self.min_keep = check_int("min_keep", min_keep, low=1)
+        self._rule = "kept p >= Σp²" if self.strength == 1.0 else f"kept p >= {self.strength:g}·Σp²"
+
+    @classmethod
+    def from_params(cls, params: SamplerParams) -> Stage | None:
+        return cls(params.p_less, params.min_keep) if params.p_less > 0 else None
+
+    def outcome(self, candidates: Candidates, context: StepContext) -> StageOutcome:
+        probs = softmax(candidates.logits)
+        collision = float((probs * probs).sum())  # no BLAS threads
+        threshold = self.strength * collision
+        after = keep_with_min_keep(candidates, probs >= threshold, self.min_keep)
+        cutoff = Cutoff(threshold, "probability", self._rule)
+        return StageOutcome(after, cutoff, {"sum_p_squared": collision})
+
+    def describe(self) -> dict[str, object]:
+        return {"strength": self.strength, "min_keep": self.min_keep}

@@ -17,6 +17,7 @@ ORDER_PRESETS: dict[str, tuple[str, ...]] = {
         "no_repeat_ngram",
         "watermark",
         "temperature",
+        "top_h",
         "top_k",
         "top_p",
         "min_p",
@@ -26,8 +27,9 @@ ORDER_PRESETS: dict[str, tuple[str, ...]] = {
     ),
     # temperature 0 keeps the argmax; the penalties still shape which token that is
     "greedy": ("penalties", "dry", "watermark", "temperature"),
-    # llama.cpp's --mirostat 2 replaces the whole chain with temperature, then mirostat
-    "mirostat": ("watermark", "temperature", "mirostat_v2"),
+    # llama.cpp's --mirostat 1 or 2 replaces the whole chain with temperature, then mirostat
+    # (SamplerParams.mirostat picks the version that runs)
+    "mirostat": ("watermark", "temperature", "mirostat_v1", "mirostat_v2"),
 }
 """Stage orders by name; `order_preset` looks them up."""
 

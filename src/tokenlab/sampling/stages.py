@@ -11,7 +11,8 @@ Stages never keep state between runs.  What a stage needs from earlier steps com
 `step_index` (temperature schedules) and a numpy Generator for stochastic stages (xtc).  A stateful
 stage says in `next_state` how its part of the state changes once a token is appended, so the lab
 can rewind and branch by keeping old states.  This module holds the framework and llama.cpp's core
-stages; `filters.py`, `history.py` and `mirostat.py` register the rest of the catalogue.
+stages; `filters.py`, `history.py`, `mirostat.py`, `shaping.py` and `watermark.py` register the rest
+of the catalogue.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Cutoff(NamedTuple):
     value: float
     """The threshold itself."""
     scale: str
-    """What `value` measures: "logit", "probability", "mass" or "surprise_bits"."""
+    """What `value` measures: "logit", "probability", "mass", "surprise_bits" or "entropy_nats"."""
     rule: str
     """What the stage kept relative to `value`, for a UI, e.g. "kept logit >= max - 2·σ"."""
 
@@ -122,6 +123,10 @@ class StageReportLike(Protocol):
     """What `Stage.next_state` reads of the stage's report (pipeline.StageReport provides it)."""
 
     params: dict[str, object]
+
+    @property
+    def input_candidates(self) -> Candidates:
+        """The stage's input (the previous stage's output)."""
 
     def prob_of(self, token_id: int) -> float:
         """Probability of `token_id` after the stage (0.0 when removed)."""

@@ -12,16 +12,17 @@ from tokenlab.sampling.candidates import as_row, top_k_dense
 _SCRATCH = threading.local()
 
 
-def _scratch(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Two float64 work buffers of `size`, reused per thread.
+def _scratch(size: int, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """Two work buffers of `size` and `dtype`, reused per thread.
 
     Fresh multi-megabyte arrays cost page faults on every call (on a busy 2-core VM ~2 ms against
-    ~0.4 ms for the arithmetic), so raw_stats keeps 16 bytes per vocabulary entry per thread.
+    ~0.4 ms for the arithmetic), so raw_stats keeps its buffers per thread.
     """
-    buffers: tuple[np.ndarray, np.ndarray] | None = getattr(_SCRATCH, "buffers", None)
+    key = f"buffers_{np.dtype(dtype).name}"
+    buffers: tuple[np.ndarray, np.ndarray] | None = getattr(_SCRATCH, key, None)
     if buffers is None or buffers[0].shape[0] < size:
-        buffers = (np.empty(size), np.empty(size))
-        _SCRATCH.buffers = buffers
+        buffers = (np.empty(size, dtype=dtype), np.empty(size, dtype=dtype))
+        setattr(_SCRATCH, key, buffers)
     return buffers[0][:size], buffers[1][:size]
 
 
@@ -37,7 +38,9 @@ class RawStats:
 
     __slots__ = (
         "_argmax",
+        "_exp32",
         "_log_total",
+        "_total",
         "_n_inf",
         "_row",
         "entropy_bits",
@@ -52,6 +55,8 @@ class RawStats:
         self._n_inf = 0
         # log(sum(exp(logits - max_logit))), kept apart so that huge logits lose no precision
         self._log_total = 0.0
+        self._total = 1.0
+        self._exp32 = False
         top = float(row.max())
         if math.isnan(top):
             row = np.where(np.isnan(row), -np.inf, row)
@@ -66,21 +71,28 @@ class RawStats:
             self.log_normalizer = -math.inf
             self.entropy_bits = math.log2(self.n_vocab)
         else:
-            shifted, weights = _scratch(self.n_vocab)
+            # A float32 row (what llama.cpp hands over) is exponentiated in float32 and summed in float64:
+            # its logits carry ~1e-7 relative rounding already, float64 exp costs 3x on CPUs without
+            # AVX-512, and llama.cpp's own softmax is float32. A float64 row is done in float64 throughout.
+            self._exp32 = row.dtype == np.float32
+            shifted, weights = _scratch(self.n_vocab, np.float32 if self._exp32 else np.float64)
             with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: a weight of 0, as it should be
-                np.subtract(row, top, out=shifted, dtype=np.float64)  # cast and shift in one pass
+                np.subtract(row, top, out=shifted, dtype=shifted.dtype)  # cast and shift in one pass
             np.exp(shifted, out=weights)
-            total = float(weights.sum())
+            total = float(weights.sum(dtype=np.float64))
             with np.errstate(invalid="ignore"):
                 np.multiply(weights, shifted, out=shifted)  # NaN where 0 * -inf
-            weighted = float(shifted.sum())
+            weighted = float(shifted.sum(dtype=np.float64))
             if not math.isfinite(weighted):  # -inf logits: leave them out
                 alive = weights > 0
-                weighted = float(shifted[alive].sum())
+                weighted = float(shifted[alive].sum(dtype=np.float64))
+            self._total = total
             self._log_total = math.log(total)
             self.log_normalizer = top + self._log_total
             # H = -sum p log p with log p = shifted - log(total).
-            self.entropy_bits = max(0.0, (math.log(total) - weighted / total) / math.log(2.0))
+            # (clamped to [0, log2 n]: float32 weights can round a flat row's entropy a hair past the bound)
+            entropy = (math.log(total) - weighted / total) / math.log(2.0)
+            self.entropy_bits = min(max(0.0, entropy), math.log2(self.n_vocab))
 
     @property
     def argmax(self) -> int:
@@ -111,6 +123,9 @@ class RawStats:
             return shared
         if self.max_logit == -math.inf:
             return np.full(ids.shape[0], 1.0 / self.n_vocab)
+        if self._exp32:  # the very weights the normaliser summed, so the probabilities sum to 1
+            weights = np.exp(self._row[ids] - np.float32(self.max_logit))
+            return weights.astype(np.float64) / self._total
         with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: probability 0
             probs: np.ndarray = np.exp((logits - self.max_logit) - self._log_total)
         return probs
@@ -185,6 +200,7 @@ def truncated_raw_stats(logits: object, rest_mass: float) -> RawStats:
     kept = 1.0 - rest_mass
     # the row's own normaliser is log(kept); the true one is log(1) once the rest is counted
     stats._log_total -= math.log(kept)
+    stats._total /= kept
     stats.log_normalizer -= math.log(kept)
     # H = kept * (H_kept - log2 kept) - rest * log2 rest, with H_kept the entropy renormalised over the row
     stats.entropy_bits = max(0.0, kept * (stats.entropy_bits - math.log2(kept)) - rest_mass * math.log2(rest_mass))

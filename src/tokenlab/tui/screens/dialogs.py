@@ -15,11 +15,10 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
-from tokenlab.engine.text import visible
 from tokenlab.lab.stages import StageView
 from tokenlab.lab.step import Step
 from tokenlab.lab.tree import Segment
-from tokenlab.render import stage_view_tables
+from tokenlab.render import stage_view_tables, visible
 from tokenlab.sampling import SamplerParams
 
 
@@ -389,7 +388,7 @@ class RolloutScreen(ModalScreen[None]):
         self.result = result
 
     def compose(self) -> ComposeResult:
-        from tokenlab.commands.rollouts import check_table, check_verdict, continuations_table, headline
+        from tokenlab.render import check_table, check_verdict, continuations_table, headline
 
         result = self.result
         with VerticalScroll(id="rollout-box", classes="dialog"):

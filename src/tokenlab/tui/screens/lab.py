@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from tokenlab.export import SESSION_FORMAT, format_for, write_session
 from tokenlab.files import OutsideDirectoryError, confined_path, write_text_atomic
 from tokenlab.lab.controller import (
     EngineReady,
@@ -288,7 +289,7 @@ class LabScreen(Screen[None]):
             files_dir = self.controller.settings.files_dir
             # a served lab takes relative paths only: offer the saved file as one next time
             self.save_path = event.path if files_dir is None else os.path.relpath(event.path, files_dir)
-            if event.path.endswith((".md", ".markdown", ".html", ".htm")):
+            if not format_for(event.path, default=SESSION_FORMAT).loadable:
                 self.notify(f"exported to {event.path} (an export cannot be loaded back; save .json for that)",
                             markup=False)
             else:
@@ -760,7 +761,12 @@ class LabScreen(Screen[None]):
             except OutsideDirectoryError as exc:
                 self.notify(str(exc), severity="error", markup=False)
                 return
-            if path.endswith(".svg"):
+            try:
+                file_format = format_for(path)
+            except ValueError as exc:
+                self.notify(str(exc), severity="error", markup=False)
+                return
+            if file_format.from_screen:
                 try:
                     written = write_text_atomic(target, self.app.export_screenshot())
                 except OSError as exc:
@@ -768,7 +774,7 @@ class LabScreen(Screen[None]):
                     return
                 self.notify(f"screenshot saved to {written}", markup=False)
                 return
-            self.controller.send("save", path)
+            self.controller.send("save", path, write_session)
 
         self.app.push_screen(LineInput("Save the session (.json) or export it (.md, .html, .svg screenshot)",
                                        value=self.save_path), picked)

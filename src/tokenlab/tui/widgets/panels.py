@@ -8,11 +8,10 @@ import numpy as np
 from rich.text import Text
 from textual.widgets import Static
 
-from tokenlab.engine.text import visible
 from tokenlab.lab.controller import FrontierView
 from tokenlab.lab.knobs import KNOBS, knob_changed, knob_enabled, knob_value
 from tokenlab.lab.step import Candidate, Step
-from tokenlab.render import heat_color, prob_heat, sparkline
+from tokenlab.render import heat_color, prob_heat, sparkline, visible
 from tokenlab.sampling import Pipeline, SamplerParams
 
 TOKEN_WIDTH = 13
@@ -114,6 +113,10 @@ class CandidatesTable(Panel):
         return rows
 
 
+LIVE_MARKS = {"mirostat_tau": "μ", "adaptive_decay": "avg "}
+"""Live values shown beside a knob that are not that knob's own value: mirostat's mu, adaptive-p's average."""
+
+
 class KnobPanel(Panel):
     """Every knob of the pipeline with its value, then one row per hot token (logit bias).
 
@@ -138,9 +141,10 @@ class KnobPanel(Panel):
             value = knob.format(knob_value(params, knob.name)) if enabled else "off"
             extra = ""
             if knob.name in now and enabled:
-                shown = knob.format(now[knob.name]) if knob.name != "mirostat_tau" else f"{now[knob.name]:.2f}"
-                if shown != value:
-                    extra = f" {'μ' if knob.name == 'mirostat_tau' else '→'}{shown}"
+                mark_live = LIVE_MARKS.get(knob.name)
+                shown = knob.format(now[knob.name]) if mark_live is None else f"{now[knob.name]:.2f}"
+                if shown != value or knob.name == "adaptive_decay":
+                    extra = f" {mark_live or '→'}{shown}"
             changed = enabled and knob_changed(params, knob)
             line = Text(f"{mark} {knob.label:<16}")
             line.append(f"{value:>7}", style="bold yellow" if changed else "")
@@ -228,6 +232,8 @@ STAGE_SHORT = {
     "dry": "dry", "top_n_sigma": "n-sigma", "top_k": "top-k", "typical_p": "typical", "top_p": "top-p",
     "min_p": "min-p", "epsilon": "epsilon", "eta": "eta", "top_a": "top-a", "xtc": "xtc",
     "temperature": "temp", "mirostat_v2": "mirostat", "logit_bias": "bias", "ban": "ban",
+    "mirostat_v1": "mirostat1", "adaptive_p": "adaptive-p", "smoothing": "smooth", "tail_free": "tfs",
+    "top_h": "top-h", "p_less": "p-less",
 }
 """Stage names short enough for a narrow panel."""
 

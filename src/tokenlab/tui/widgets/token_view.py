@@ -14,9 +14,8 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from tokenlab.engine.text import terminal_safe
 from tokenlab.lab.step import Step
-from tokenlab.render import COLOUR_MODES, step_colour, watermark_colour
+from tokenlab.render import COLOUR_MODES, step_colour, terminal_safe, watermark_colour
 
 NEWLINE_MARK = "↵"
 FRONTIER_MARK = "▍"
