@@ -55,3 +55,17 @@ def test_changed_knobs_are_told_apart() -> None:
     params = SamplerParams(temperature=1.1, top_k=40)
     changed = {knob.name for knob in KNOBS if knob_changed(params, knob)}
     assert changed == {"temperature"}
+
+
+def test_a_typed_knob_value_is_checked_against_its_bounds() -> None:
+    from tokenlab.lab.knobs import parse_knob_value
+
+    assert parse_knob_value("temperature", " 1.25 ") == 1.25
+    assert parse_knob_value("top_k", "12") == 12
+    assert parse_knob_value("temperature_end", "off") is None  # an optional knob
+    with pytest.raises(ValueError, match="top-k takes a whole number, got '1.5'"):
+        parse_knob_value("top_k", "1.5")
+    with pytest.raises(ValueError, match=r"mirostat must be an integer in \[0, 2\], got 3"):
+        parse_knob_value("mirostat", "3")
+    with pytest.raises(ValueError, match="temperature must be in"):
+        parse_knob_value("temperature", "nan")

@@ -69,6 +69,29 @@ def test_help_screen(snap_compare) -> None:
     assert snap_compare(make_app(), terminal_size=(100, 44), run_before=run_before)
 
 
+def a_b_step(size: tuple[int, int]):  # noqa: ANN201
+    async def run_before(pilot: Pilot) -> None:
+        from tokenlab.tui.screens.compare import CompareScreen
+
+        await step(pilot, 6)
+        freeze_timing(pilot)
+        await pilot.press("left", "left", "a")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, CompareScreen))
+        await pilot.pause()
+
+    return run_before
+
+
+def test_a_b_step_at_100x30(snap_compare, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("TOKENLAB_CONFIG", str(tmp_path))  # built-in presets only
+    assert snap_compare(make_app(), terminal_size=(100, 30), run_before=a_b_step((100, 30)))
+
+
+def test_a_b_step_at_150x45(snap_compare, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("TOKENLAB_CONFIG", str(tmp_path))
+    assert snap_compare(make_app(), terminal_size=(150, 45), run_before=a_b_step((150, 45)))
+
+
 async def test_incremental_token_layout_equals_a_full_layout() -> None:
     """Tokens arriving in batches are laid out from the last line only; the result must match a fresh layout."""
     from tokenlab.tui.widgets import TokenView

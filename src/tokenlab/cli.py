@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from tokenlab import __version__
-from tokenlab.commands import compare, doctor, export, generate, inspect, lab, models, rollouts, score, serve
+from tokenlab.commands import compare, doctor, export, generate, inspect, lab, lesson, models, rollouts, score, serve
 from tokenlab.commands.common import describe_os_error, print_error, silence_stdout, user_errors
 from tokenlab.commands.options import RunOptions
 
@@ -32,6 +32,7 @@ app.command("score")(score.score)
 app.command("lab")(lab.lab)
 app.add_typer(models.app, name="models", help="List, pull and locate GGUF models.")
 app.command("doctor")(doctor.doctor)
+app.command("lesson")(lesson.lesson)
 
 
 @app.callback(invoke_without_command=True)

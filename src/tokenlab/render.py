@@ -276,23 +276,24 @@ def compare_step_table(step: Any) -> Table:
     table = Table(title=Text(f"next token · A keeps {step.survivors_a:,} ({step.entropy_a:.2f} bits) · "
                              f"B keeps {step.survivors_b:,} ({step.entropy_b:.2f} bits)"),
                   title_justify="left", expand=False, box=box.SIMPLE_HEAD)
-    table.add_column("token")
-    table.add_column("raw p", justify="right")
-    table.add_column("A final", justify="right")
-    table.add_column("", min_width=8)
-    table.add_column("B final", justify="right")
-    table.add_column("", min_width=8)
-    table.add_column("removed by A / B", style="dim")
+    table.add_column("token", no_wrap=True, max_width=18, overflow="ellipsis")
+    table.add_column("raw p", justify="right", no_wrap=True, min_width=6)
+    table.add_column("A final", justify="right", no_wrap=True, min_width=6)
+    table.add_column("", min_width=5, no_wrap=True)
+    table.add_column("B final", justify="right", no_wrap=True, min_width=6)
+    table.add_column("", min_width=5, no_wrap=True)
+    table.add_column("✗ in A", style="dim", no_wrap=True, overflow="ellipsis")
+    table.add_column("✗ in B", style="dim", no_wrap=True, overflow="ellipsis")
     for row in step.rows:
-        removed = " / ".join(name or "·" for name in (row.removed_by_a, row.removed_by_b))
         table.add_row(
             Text(f"'{visible(row.text)}'"),
             f"{row.prob:.4f}",
             f"{row.final_a:.4f}",
-            Text("█" * round(row.final_a * 8), style=heat_color(prob_heat(row.final_a))),
+            Text("█" * round(row.final_a * 5), style=heat_color(prob_heat(row.final_a))),
             f"{row.final_b:.4f}",
-            Text("█" * round(row.final_b * 8), style=heat_color(prob_heat(row.final_b))),
-            "" if removed == "· / ·" else removed,
+            Text("█" * round(row.final_b * 5), style=heat_color(prob_heat(row.final_b))),
+            row.removed_by_a or "",
+            row.removed_by_b or "",
             style="dim" if row.removed_by_a and row.removed_by_b else "",
         )
     return table
@@ -454,10 +455,16 @@ def continuations_table(
 
 
 def describe_difference(a: Any, b: Any) -> str:
-    """The knobs where B differs from A, as "name A→B" pairs."""
+    """The knobs where B differs from A, as "name A→B" pairs (for the stage order: B's active order)."""
     values_a, values_b = a.to_dict(), b.to_dict()
-    changed = [f"{name} {_short(values_a[name])}→{_short(values_b[name])}"
-               for name in values_a if values_a[name] != values_b[name]]
+    changed = []
+    for name in values_a:
+        if values_a[name] == values_b[name]:
+            continue
+        if name == "samplers":  # the whole order is long: say what B runs, in its order
+            changed.append("stages in B: " + (" → ".join(values_b[name]) or "none"))
+        else:
+            changed.append(f"{name} {_short(values_a[name])}→{_short(values_b[name])}")
     return ", ".join(changed) if changed else "no knob differs"
 
 

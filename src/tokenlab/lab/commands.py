@@ -147,6 +147,17 @@ class CompareRuns(LabCommand):
 
 
 @dataclass(frozen=True)
+class RunTo(LabCommand):
+    """Start a run of `prompt` with these knobs and seed, sample `tokens` tokens, then pause (a lesson's step)."""
+
+    prompt: str
+    chat: bool | None
+    seed: int
+    params: SamplerParams
+    tokens: int
+
+
+@dataclass(frozen=True)
 class Rollouts(LabCommand):
     """Sample `n` continuations of `length` tokens from step `index` in one batch; they join the tree."""
 

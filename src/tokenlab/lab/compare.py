@@ -21,6 +21,7 @@ from tokenlab.engine import Engine, Utf8Stream
 from tokenlab.engine.batch import BatchDecoder
 from tokenlab.lab.step import DEFAULT_TOP_N, Frontier
 from tokenlab.sampling import Pipeline, SamplerParams
+from tokenlab.sampling.constraint import constraint_of
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,10 @@ def compare_frontier(
     only_n: int = 8,
 ) -> StepComparison:
     """The frontier's own knobs (A) against `params_b` on the same row, state and random stream."""
+    # B runs under the same constraint (a grammar is the run's, not a knob set's)
     other = Frontier(logits=frontier.logits, history=frontier.history, params=params_b, rng_key=frontier.rng_key,
                      state=frontier.state, step_index=frontier.step_index, rest_mass=frontier.rest_mass,
-                     negative_logits=frontier.negative_logits)
+                     negative_logits=frontier.negative_logits, constraint=frontier.constraint)
     a, b = frontier.result, other.result
     ids = frontier.top_ids(top_n).astype(np.int64)
     raw = frontier.raw
@@ -202,6 +204,9 @@ def compare_generations(
         # each side would need its own negative sequence and its own rewinds: say so, never ignore them
         raise ValueError("compare generates without guidance and phrase bans; leave out --guidance-scale and "
                          "--ban-phrase (on both sides)")
+    if constraint_of(params_a) is not None or constraint_of(params_b) is not None:
+        raise ValueError("comparing generations does not support a grammar, regex or JSON schema constraint yet; "
+                         "compare the step instead, or leave the constraint out")
     prompt = [int(t) for t in prompt_tokens]
     room = engine.n_ctx - len(prompt)
     if room < 1:

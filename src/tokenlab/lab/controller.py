@@ -32,6 +32,7 @@ from tokenlab.lab.commands import (
     Regenerate,
     ResolveToken,
     Rollouts,
+    RunTo,
     Save,
     Score,
     SetHotTokens,
@@ -346,6 +347,7 @@ class LabController:
             ShowStages: self._cmd_stage_view,
             CompareStep: self._cmd_compare_step,
             CompareRuns: self._cmd_compare_runs,
+            RunTo: self._cmd_run_to,
             Rollouts: self._cmd_rollouts,
             Save: self._cmd_save,
         }
@@ -880,4 +882,31 @@ class LabController:
             self.tree.add(steps, stop_reason="eos" if rollout.eog else "rollout")
         self._emit_tree()
         self.emit(RolloutsReady(index, result))
+        self._emit_frontier()
+
+    def _cmd_run_to(self, command: RunTo) -> None:
+        """Start a run of the prompt with these knobs and seed, sample `tokens` tokens, then pause (a lesson's step)."""
+        self.loop = False
+        settings = self.settings
+        settings.prompt, settings.chat, settings.params = command.prompt, command.chat, command.params
+        tokens = command.tokens
+        settings.max_tokens = max(settings.max_tokens, tokens + 1)  # the student can sample on from there
+        self._new_run(command.seed, start=False)
+        generation = self.generation
+        if generation is None:
+            return
+        start = 0
+        while len(generation.steps) < tokens and not generation.done and not self._quit:
+            step = generation.step()
+            if step is None:
+                break
+            if len(generation.steps) - start >= 8 or len(generation.steps) == tokens or generation.done:
+                # in batches, so the text appears as it is written
+                self.emit(StepsAdded(self.run_id, start, tuple(generation.steps[start:]),
+                                     generation.tokens_per_second))
+                start = len(generation.steps)
+        if generation.done:
+            self.emit(RunStopped(self.run_id, generation.stop_reason or "", len(generation.steps),
+                                 generation.tokens_per_second))
+            self._record_branch(count=True)
         self._emit_frontier()

@@ -188,3 +188,24 @@ def with_bias(params: SamplerParams, token_id: int, bias: float) -> SamplerParam
     else:
         biases[token_id] = bias
     return params.replace(logit_bias=biases)
+
+
+def parse_knob_value(name: str, text: str) -> float | int | None:
+    """A typed value for knob `name`, checked against its bounds; a ValueError says what it accepts.
+
+    "off" (or an empty line) is a value for an optional knob.
+    """
+    knob = KNOBS_BY_NAME[name]
+    typed = text.strip()
+    if knob.optional and typed.lower() in ("", "off", "none"):
+        return None
+    kind = "a whole number" if knob.integer else "a number"
+    try:
+        value: float | int = int(typed) if knob.integer else float(typed)
+    except ValueError:
+        raise ValueError(f"{knob.label} takes {kind}{' or off' if knob.optional else ''}, got {typed!r}") from None
+    checked = knob.range.check(name, value)
+    bounds = knob.range
+    if knob.integer and bounds.high is not None and value > bounds.high:
+        raise ValueError(f"{name} must be an integer in [{int(bounds.low or 0)}, {int(bounds.high)}], got {value}")
+    return checked

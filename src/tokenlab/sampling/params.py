@@ -595,8 +595,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     if field_name == "samplers":
         return field_name, parse_samplers(value_text)
     if declaration.cli_type is not None:
-        raise ValueError(f"{name.strip()!r} takes token text on the command line ({declaration.flag}); "
-                         "set it with a preset instead")
+        raise ValueError(f"{name.strip()!r} is not a number or a word (its flag {declaration.flag} takes text "
+                         "that needs the model's vocabulary or a file); it cannot be set as KNOB=VALUE")
     default = getattr(SamplerParams(), field_name)
     if value_text.lower() in ("off", "none") and (declaration.range is None or declaration.range.optional
                                                    or default is None):

@@ -48,7 +48,8 @@ class CompareScreen(ModalScreen[CompareAction | None]):
         table.title = None
         with VerticalScroll(id="compare-box", classes="dialog"):
             yield Label(f"[b]A/B[/b] — step {self._index} · A: the lab's knobs · B: preset "
-                        f"[b]{escape(self._label)}[/b] (← → other presets) · g generates both · escape closes")
+                        f"[b]{escape(self._label)}[/b]")
+            yield Label("← → another preset as B · g generates both from here · escape closes", classes="dim")
             yield Static(Text.assemble(("B differs from A in: ", "bold"), self._difference), id="compare-diff")
             yield Static(Text(f"A keeps {step.survivors_a:,} tokens ({step.entropy_a:.2f} bits) · "
                               f"B keeps {step.survivors_b:,} ({step.entropy_b:.2f} bits)"), id="compare-summary")
@@ -88,6 +89,7 @@ class CompareRunsScreen(ModalScreen[None]):
                 for side, steps, stop in (("A: the lab's knobs", runs.a, runs.stop_a),
                                           (f"B: {escape(self._label)}", runs.b, runs.stop_b)):
                     with VerticalScroll(classes="compare-pane"):
-                        yield Label(f"[b]{side}[/b] · {len(steps)} tokens · stop: {stop} · mean log-p "
-                                    f"{runs.mean_logprob(steps):.2f}", markup=True)
+                        yield Label(f"[b]{side}[/b]", markup=True)
+                        yield Label(f"{len(steps)} tokens · stop: {stop} · mean log-p {runs.mean_logprob(steps):.2f}",
+                                    markup=False)
                         yield Static(compared_text(steps), classes="compare-text")

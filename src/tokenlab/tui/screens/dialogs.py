@@ -45,6 +45,12 @@ HELP_PANELS: tuple[tuple[str, str], ...] = (
              "and the final distribution laid out on [0, 1) as a bar, most likely token first. The drawn "
              "token's slice is coloured and ┃ marks where u fell: inside that slice, so that token came out. "
              "A wide slice is a likely token; the seed fixes u."),
+    ("chart", "d puts a large chart of the inspected step in place of the text: the top candidates as bars, "
+              "raw p (blue) and final p (green) on one scale; a dashed line where each stage starts cutting "
+              "(with its setting and how many tokens it keeps); the sorted curve with both axes log and the "
+              "cut-offs as dotted lines; the entropy; and the dice of a drawn step. Turning a knob redraws it."),
+    ("lesson", "L starts a lesson: a panel under the text says what to look at in each step; L goes on, B "
+               "back, E ends it. Lessons are TOML files (tokenlab lesson --list says where to add yours)."),
     ("knobs", "The first line is the order the active stages run in (the selected knob's stage "
               "highlighted); a changed knob is yellow with a *, a knob whose stage is off is dim; the last "
               "line says what the selected knob does and whose semantics it follows. Rows after the knobs "

@@ -8,6 +8,7 @@ the screen happens in the handlers below, on the UI thread: one small handler pe
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from collections import deque
@@ -72,7 +73,7 @@ from tokenlab.lab.controller import (
     TokensNamed,
     TreeChanged,
 )
-from tokenlab.lab.knobs import KNOBS, move_stage, nudge, reset_knob, toggle_stage, with_bias
+from tokenlab.lab.knobs import KNOBS, move_stage, nudge, parse_knob_value, reset_knob, toggle_stage, with_bias
 from tokenlab.lab.score import file_text
 from tokenlab.lab.step import Candidate, Step
 from tokenlab.render import COLOUR_MODES, mode_legend
@@ -90,6 +91,8 @@ from tokenlab.tui.screens.dialogs import (
     TreeScreen,
 )
 from tokenlab.tui.widgets import CandidatesTable, DistributionStrip, KnobPanel, PromptBar, StatusLine, TokenView
+from tokenlab.tui.screens.lesson import LessonGuide, LessonPanel, LessonPicker
+from tokenlab.tui.widgets.chart import DistributionChart, frontier_data, step_data
 from tokenlab.tui.widgets.panels import dice_line
 
 HISTORY_SIZE = 15
@@ -97,7 +100,7 @@ ROLLOUT_N, ROLLOUT_LENGTH = 64, 16
 HOT_FINE, HOT_COARSE = 0.5, 2.0
 KNOB_KEYS = {"t": "temperature", "k": "top_k", "p": "top_p", "m": "min_p", "y": "typical_p"}
 NEEDS_MODEL = frozenset({"toggle_run", "step", "regenerate", "toggle_loop", "choose", "rollouts", "stage_view",
-                         "score", "hot_token", "set_seed", "compare"})
+                         "score", "hot_token", "set_seed", "compare", "lesson"})
 """Actions that ask the model something: dimmed until it is loaded (and for good if it failed to load)."""
 DIMMABLE = (*sorted(NEEDS_MODEL), "cursor", "cursor_home", "candidate", "back_to_live", "toggle_stage",
             "move_stage", "reset_knob")
@@ -109,6 +112,7 @@ _KEY_NAMES = {
     "less_than_sign": "<", "left_square_bracket": "[", "right_square_bracket": "]", "left": "←",
     "right": "→", "up": "↑", "down": "↓", "S": "S (shift+s)", "left_curly_bracket": "{",
     "right_curly_bracket": "}", "R": "R (shift+r)", "P": "P (shift+p)",
+    "L": "L (shift+l)", "B": "B (shift+b)", "E": "E (shift+e)",
 }
 
 
@@ -174,10 +178,14 @@ class LabScreen(Screen[None]):
         Binding("S", "set_seed", "Seed", show=False, tooltip="Set the random seed (restarts the run)", id="seed"),
         Binding("left_square_bracket", "candidate(-1)", "Cand. up", show=False, tooltip="Select the candidate above", id="candidate-up"),
         Binding("right_square_bracket", "candidate(1)", "Cand. down", show=False, tooltip="Select the candidate below", id="candidate-down"),
-        Binding("enter", "choose", "Choose", show=False, tooltip="Force the selected candidate at this step and go on from there", id="choose"),
+        Binding("enter", "choose", "Choose / type", show=False, tooltip="Force the selected candidate at this step and go on from there; after picking a knob (↑ ↓ t k p m y), type its value instead", id="choose"),
         Binding("x", "expand", "More cand.", show=False, tooltip="Show 5 candidates or as many as fit", id="more-candidates"),
         Binding("v", "history", "History", show=False, tooltip="The last runs; pick one to view it", id="history"),
         Binding("g", "score", "Score text", show=False, tooltip="Score a text you paste (GLTR): how likely the model finds each token", id="score"),
+        Binding("d", "chart", "Chart", show=False, tooltip="The distribution chart in place of the text: bars, cut-offs, log curve, entropy, dice", id="chart"),
+        Binding("L", "lesson", "Lessons", show=False, tooltip="Lessons: pick one; during a lesson, the next step", id="lesson"),
+        Binding("B", "lesson_back", "Lesson back", show=False, tooltip="During a lesson: the step before", id="lesson-back"),
+        Binding("E", "lesson_end", "End lesson", show=False, tooltip="During a lesson: end it (the lab stays as it is)", id="lesson-end"),
         Binding("b", "tree", "Tree", tooltip="The tree of branches from this prompt; enter switches to one", id="tree"),
         Binding("escape", "back_to_live", "Live", show=False, tooltip="Back from a history run to the live one", id="back-to-live"),
     ]
@@ -210,6 +218,8 @@ class LabScreen(Screen[None]):
         self.steps: list[Step] = []
         self.frontier: FrontierView | None = None
         self.selected_candidate = 0
+        self.knob_focus = False
+        """Whether enter types a knob's value (a knob was picked last) or forces a candidate."""
         self.expanded = False
         """x: as many candidates as fit instead of 5."""
         self.loop = False
@@ -230,6 +240,8 @@ class LabScreen(Screen[None]):
         self._legend_mode: tuple[str, int] | None = None
         self._key_state: tuple[object, ...] | None = None
         """What check_action last decided from; the footer is refreshed when it changes."""
+        self.lesson: LessonGuide | None = None
+        """The lesson under way (L), if any."""
 
     # -- layout ------------------------------------------------------------------------------------
 
@@ -238,11 +250,13 @@ class LabScreen(Screen[None]):
         with Horizontal(id="main"):
             with Vertical(id="left"):
                 yield TokenView(id="tokens")
+                yield DistributionChart(id="chart")
                 yield Static(id="legend")
                 yield DistributionStrip(id="strip")
             with Vertical(id="right"):
                 yield KnobPanel(id="knobs")
                 yield CandidatesTable(id="candidates")
+        yield LessonPanel(id="lesson")
         yield StatusLine(id="status")
         yield Footer()
 
@@ -250,6 +264,9 @@ class LabScreen(Screen[None]):
         self.controller.emit = self._emit
         self.run_controller()
         self.refresh_view()
+        lesson = getattr(self.app, "startup_lesson", None)  # tokenlab lesson NAME
+        if lesson is not None:
+            self.start_lesson(lesson)
 
     def on_unmount(self) -> None:
         self.controller.quit()
@@ -451,6 +468,8 @@ class LabScreen(Screen[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """None (dimmed in the footer, the key does nothing) for a key that cannot act in this state."""
+        if action == "choose" and self.knob_focus and self.selected_knob < len(KNOBS):
+            return True  # enter types the picked knob's value (no model or step needed)
         if action in NEEDS_MODEL and not self.model_ready:
             return None
         if action in ("cursor", "cursor_home") and not self.shown_steps():
@@ -570,6 +589,11 @@ class LabScreen(Screen[None]):
             strip.show_frontier(self.frontier, width)
         elif cursor is not None and cursor < len(steps):
             strip.show_step(steps[cursor], width)
+        chart = self.query_one(DistributionChart)
+        if chart.display and cursor is not None and cursor >= len(steps) and self.frontier is not None:
+            chart.show(frontier_data(self.frontier, title, getattr(self.controller.engine, "n_vocab", None)))
+        elif chart.display and cursor is not None and cursor < len(steps):
+            chart.show(step_data(steps[cursor], title))
         hot_rows = [(self.token_names.get(token_id, f"#{token_id}"), self.params.logit_bias.get(token_id, 0.0))
                     for token_id in hot_ids]
         live = self.frontier.live if self.frontier is not None and self.viewing is None else ()
@@ -592,6 +616,8 @@ class LabScreen(Screen[None]):
         if self.cursor is None:
             token_view.follow()
         self._refresh_keys()
+        if self.lesson is not None:
+            self.lesson.on_refresh()
 
     def _dice(self, table: CandidatesTable, steps: list[Step], cursor: int | None) -> Text | None:
         """The dice line of the inspected step (the live next step has not been drawn yet)."""
@@ -641,6 +667,7 @@ class LabScreen(Screen[None]):
         if current is None:
             return
         self.cursor = current + delta  # validate_cursor keeps it on a step
+        self.knob_focus = False
         self.refresh_view()
 
     def action_cursor_home(self) -> None:
@@ -654,11 +681,50 @@ class LabScreen(Screen[None]):
 
     def action_candidate(self, delta: int) -> None:
         self.selected_candidate = max(0, self.selected_candidate + delta)
+        self.knob_focus = False
         self.refresh_view()
 
     def action_expand(self) -> None:
         self.expanded = not self.expanded
         self.refresh_view()
+
+    def action_chart(self) -> None:
+        self.set_chart(not self.query_one(DistributionChart).display)
+
+    def set_chart(self, shown: bool) -> None:
+        """Show the distribution chart in place of the text, or the text again."""
+        self.query_one(DistributionChart).display = shown
+        for widget in (self.query_one(TokenView), self.query_one("#legend"), self.query_one(DistributionStrip)):
+            widget.display = not shown  # the chart has its own curve and takes the text's place
+        self.refresh_view()
+
+    def start_lesson(self, lesson: object) -> None:
+        """Run a lesson (a lab.lessons.Lesson) from its first step."""
+        self.lesson = LessonGuide(self, lesson)  # type: ignore[arg-type]
+        self.lesson.start()
+
+    def action_lesson(self) -> None:
+        if self.lesson is not None:
+            self.lesson.next()
+            return
+        from tokenlab.lab.lessons import find_lessons
+
+        lessons, problems = find_lessons()
+        by_name = {lesson.name: lesson for lesson in lessons}
+
+        def picked(name: str | None) -> None:
+            if name is not None:
+                self.start_lesson(by_name[name])
+
+        self.app.push_screen(LessonPicker(lessons, problems), picked)
+
+    def action_lesson_back(self) -> None:
+        if self.lesson is not None:
+            self.lesson.back()
+
+    def action_lesson_end(self) -> None:
+        if self.lesson is not None:
+            self.lesson.end()
 
     def action_cycle_colours(self) -> None:
         view = self.query_one(TokenView)
@@ -667,6 +733,9 @@ class LabScreen(Screen[None]):
         self.refresh_view()
 
     def action_choose(self) -> None:
+        if self.knob_focus and self.selected_knob < len(KNOBS):
+            self.action_type_knob()
+            return
         if self.viewing is not None:
             self.notify("choosing works on the live run; escape goes back to it", severity="warning")
             return
@@ -759,10 +828,12 @@ class LabScreen(Screen[None]):
 
     def action_select_knob(self, delta: int) -> None:
         self.selected_knob = (self.selected_knob + delta) % self._knob_rows()
+        self.knob_focus = True
         self.refresh_view()
 
     def action_knob(self, name: str) -> None:
         self.selected_knob = next(i for i, knob in enumerate(KNOBS) if knob.name == name)
+        self.knob_focus = True
         self.refresh_view()
 
     def action_turn(self, steps: int, coarse: bool = False) -> None:
@@ -780,6 +851,31 @@ class LabScreen(Screen[None]):
             self._set_params(with_bias(self.params, hot[0], round(bias, 3)))
             return
         self._set_params(lambda: nudge(self.params, KNOBS[self.selected_knob].name, steps, coarse=coarse))
+
+    def action_type_knob(self) -> None:
+        knob = KNOBS[self.selected_knob]
+
+        def typed(text: str | None) -> None:
+            if text is None:
+                return
+            try:
+                value = parse_knob_value(knob.name, text)
+                params = self.params.replace(**{knob.name: value})
+            except ValueError as exc:  # nothing changes: the knob keeps its value
+                self.notify(f"{exc}; {knob.label} stays {knob.format(getattr(self.params, knob.name))}",
+                            severity="error", timeout=8, markup=False)
+                return
+            self._set_params(params)
+
+        if math.isinf(knob.minimum) and math.isinf(knob.maximum):
+            bounds = "any number"
+        elif math.isinf(knob.maximum):
+            bounds = f"{knob.minimum:g} or more"
+        else:
+            bounds = f"{knob.minimum:g} to {knob.maximum:g}"
+        self.app.push_screen(LineInput(f"{knob.label} ({bounds}{', or off' if knob.optional else ''}): "
+                                       f"{knob.help}; enter sets it, escape keeps it",
+                                       value=knob.format(getattr(self.params, knob.name))), typed)
 
     def action_reset_knob(self) -> None:
         if self.selected_knob >= len(KNOBS):
