@@ -916,3 +916,23 @@ async def test_a_b_compares_the_inspected_step_with_a_preset_and_generates_both(
         assert runs.a[0].id == lab.steps[6].id
         await pilot.press("escape")
         assert isinstance(app.screen, LabScreen)
+
+
+async def test_the_curve_is_redrawn_for_the_new_width_after_a_resize(finished_engine) -> None:
+    from tokenlab.tui.widgets.panels import DistributionStrip
+
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=4, autostart=True)
+    apps.append(app)
+    async with app.run_test(size=(150, 45)) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.stop_reason == "max_tokens" and lab.frontier is not None)
+        strip = lab.query_one(DistributionStrip)
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause()
+        await wait_for(pilot, lambda: strip.size.width < 100)
+        await pilot.pause()
+        rendered = strip.render()
+        lines = rendered.plain.splitlines() if hasattr(rendered, "plain") else []
+        width = strip.size.width
+        assert lines and all(len(line) <= width for line in lines), (width, lines)

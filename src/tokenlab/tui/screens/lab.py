@@ -555,6 +555,10 @@ class LabScreen(Screen[None]):
 
     # -- rendering -----------------------------------------------------------------------------------
 
+    def on_resize(self) -> None:
+        # the curve strip and the legend are drawn for a width: draw them again once the new layout is done
+        self.call_after_refresh(self.refresh_view)
+
     def refresh_view(self) -> None:
         """Render every panel from the screen's state."""
         if not self.is_mounted:
