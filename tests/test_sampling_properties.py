@@ -12,6 +12,7 @@ import math
 import warnings
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -266,3 +267,21 @@ def test_extreme_rows_and_dry_base_leak_no_runtime_warnings() -> None:
         stats = raw_stats(row)
         assert stats.prob(0) == 1.0 and stats.prob(1) == 0.0
     assert probs[0] == 1.0
+
+
+@given(st.integers(min_value=0, max_value=2**32 - 1), st.sampled_from([40, 0]), st.sampled_from([0.0, 0.05]))
+@settings(max_examples=60, deadline=None)
+def test_the_dice_mass_before_a_token_is_the_draws_cumulative_order(seed: int, top_k: int, min_p: float) -> None:
+    """mass_before (ranked survivors or one pass over the row) equals the mass of every token the draw
+    puts first: higher final probability, or the same probability and a lower id."""
+    from tokenlab.lab.step import mass_before
+    from tokenlab.sampling import Pipeline, SamplerParams
+
+    rng = np.random.default_rng(seed)
+    row = np.round(rng.normal(size=600) * 3, 1).astype(np.float32)  # rounded: ties happen
+    result = Pipeline(SamplerParams(top_k=top_k, top_p=1.0, min_p=min_p)).run(row, (), rng=np.random.default_rng(seed))
+    token_id = result.draw(np.random.default_rng(seed))
+    probs = result.dense_probs()
+    prob = probs[token_id]
+    expected = float(probs[probs > prob].sum() + probs[np.flatnonzero(probs[:token_id] == prob)].sum())
+    assert mass_before(result, token_id) == pytest.approx(expected, abs=1e-12)

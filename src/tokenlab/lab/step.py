@@ -146,8 +146,14 @@ def mass_before(result: PipelineResult, token_id: int) -> float:
     """The final probability of every token the draw's cumulative order puts before `token_id`.
 
     The draw walks the survivors by descending final probability (ties: ascending id); this sums the
-    same tokens with one vectorised pass instead of sorting the whole vocabulary.
+    same tokens with one vectorised pass instead of sorting the whole vocabulary.  When the survivors
+    are already ranked (after a cut such as top-k), it sums the ones ranked before the token instead.
     """
+    if result.final.ids is not None or "_ranked" in result.__dict__:
+        ranked = result.final_ids
+        position = np.flatnonzero(ranked == token_id)
+        if position.shape[0]:
+            return float(result.final_probs[: int(position[0])].sum())
     probs = result.dense_probs()
     prob = probs[token_id]
     ties = np.flatnonzero(probs[:token_id] == prob)
