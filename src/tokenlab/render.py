@@ -299,6 +299,12 @@ def compare_step_table(step: Any) -> Table:
     return table
 
 
+def only_one_can_draw(side: str, rows: Iterable[Any], mass: float) -> Text:
+    """"only A can draw (x% of A's mass): 'tok', ..." for the tokens one knob set lets through and the other not."""
+    names = ", ".join(f"'{visible(row.text)}'" for row in rows) or "none"
+    return Text.assemble((f"only {side} can draw", "bold"), f" ({mass:.1%} of {side}'s mass): {names}")
+
+
 def compared_text(steps: Iterable[Any]) -> Text:
     """A compared generation's text, each token on the heat colour of its raw probability."""
     text = Text()

@@ -88,13 +88,12 @@ def compare(
 
 def print_comparison(console: Console, step: Any, runs: Any, difference: str) -> None:
     """The step table, the tokens only one set can draw, and the two generations side by side."""
-    from tokenlab.render import compare_step_table, compared_text
+    from tokenlab.render import compare_step_table, compared_text, only_one_can_draw
 
     console.print(Text.assemble(("B differs from A in: ", "bold"), difference))
     console.print(compare_step_table(step))
     for side, rows, mass in (("A", step.only_a, step.only_a_mass), ("B", step.only_b, step.only_b_mass)):
-        names = ", ".join(repr(row.text) for row in rows) if rows else "none"
-        console.print(f"only {side} can draw ({mass:.1%} of {side}'s mass): {names}", soft_wrap=True)
+        console.print(only_one_can_draw(side, rows, mass), soft_wrap=True)
     panes = Table(show_header=True, expand=True, show_lines=False, pad_edge=False)
     panes.add_column(f"A · {len(runs.a)} tokens · stop: {runs.stop_a}", ratio=1)
     panes.add_column(f"B · {len(runs.b)} tokens · stop: {runs.stop_b}", ratio=1)

@@ -791,12 +791,7 @@ class LabController:
         index, n = command.index, command.n
         generation = self.generation
         assert generation is not None and self.engine is not None
-        if self.running:
-            self._cmd_pause()
-        if index >= len(generation.steps):
-            frontier = generation.frontier()
-        else:  # an earlier step, through today's knobs
-            frontier = generation.frontier_at(index, self.settings.params)
+        frontier = self._inspected_frontier(index)
         ids = [int(i) for i in frontier.top_ids(n)]
         if index < len(generation.steps) and generation.steps[index].id not in ids:
             ids.append(generation.steps[index].id)
@@ -815,7 +810,7 @@ class LabController:
             self._cmd_pause()
         if index >= len(generation.steps):
             return generation.frontier()
-        return generation.frontier_at(index, self.settings.params)
+        return generation.frontier_at(index, self.settings.params)  # an earlier step, through today's knobs
 
     def _cmd_compare_step(self, command: CompareStep) -> None:
         """The current knobs (A) and B on step `index`: survivors, final p, tokens only one can draw."""

@@ -11,16 +11,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from tokenlab.lab.compare import GenerationComparison, StepComparison
-from tokenlab.render import compare_step_table, compared_text, visible
+from tokenlab.render import compare_step_table, compared_text, only_one_can_draw
 
 CompareAction = tuple[str, int]
 """What the A/B screen asks the lab for: ("step", preset index) to show another B, ("runs", preset index)
 to generate with A and B."""
-
-
-def _only_line(side: str, rows: tuple, mass: float) -> Text:  # type: ignore[type-arg]
-    names = ", ".join(f"'{visible(row.text)}'" for row in rows) if rows else "none"
-    return Text.assemble((f"only {side} can draw", "bold"), f" ({mass:.1%} of {side}'s mass): {names}")
 
 
 class CompareScreen(ModalScreen[CompareAction | None]):
@@ -54,8 +49,8 @@ class CompareScreen(ModalScreen[CompareAction | None]):
             yield Static(Text(f"A keeps {step.survivors_a:,} tokens ({step.entropy_a:.2f} bits) · "
                               f"B keeps {step.survivors_b:,} ({step.entropy_b:.2f} bits)"), id="compare-summary")
             yield Static(table, id="compare-table")
-            yield Static(_only_line("A", step.only_a, step.only_a_mass), id="compare-only-a")
-            yield Static(_only_line("B", step.only_b, step.only_b_mass), id="compare-only-b")
+            yield Static(only_one_can_draw("A", step.only_a, step.only_a_mass), id="compare-only-a")
+            yield Static(only_one_can_draw("B", step.only_b, step.only_b_mass), id="compare-only-b")
 
     def action_dismiss_none(self) -> None:
         self.dismiss(None)
