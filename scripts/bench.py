@@ -138,10 +138,15 @@ def generate_rates(model: str | Path | None, tokens: int, reps: int, threads: in
     n_ctx = max(1024, tokens + 128)
     options = EngineOptions(n_ctx=n_ctx, n_threads=threads)
     engine = Engine(path, options)
-    reference = llama_cpp.Llama(
-        model_path=str(path), n_ctx=n_ctx, n_threads=engine.n_threads, n_threads_batch=engine.n_threads,
-        logits_all=False, verbose=False,
-    )
+    # llama-cpp-python as its users call it (flash attention off unless asked), and with the same
+    # attention as tokenlab, which leaves it to llama.cpp (on for a CPU): the second isolates the overhead
+    references = {
+        flash: llama_cpp.Llama(
+            model_path=str(path), n_ctx=n_ctx, n_threads=engine.n_threads, n_threads_batch=engine.n_threads,
+            logits_all=False, verbose=False, flash_attn=flash,
+        )
+        for flash in (False, True)
+    }
     prompt = engine.format_prompt(PROMPT, chat=True)
     prompt_text = engine.detokenize(prompt)
     params = SamplerParams()
@@ -159,7 +164,8 @@ def generate_rates(model: str | Path | None, tokens: int, reps: int, threads: in
                 sink.write(step.text)
         return len(generation.steps), time.perf_counter() - started
 
-    def run_theirs(seed: int) -> tuple[int, float]:
+    def run_theirs(seed: int, flash: bool = False) -> tuple[int, float]:
+        reference = references[flash]
         reference.reset()
         started = time.perf_counter()
         out = reference.create_completion(
@@ -189,6 +195,7 @@ def generate_rates(model: str | Path | None, tokens: int, reps: int, threads: in
     runners = {
         "text": lambda seed: run_ours(seed, record=False),
         "completion": run_theirs,
+        "completion_fa": lambda seed: run_theirs(seed, flash=True),
         "jsonl": lambda seed: run_ours(seed, record=True),
     }
     if bare:
@@ -202,7 +209,8 @@ def generate_rates(model: str | Path | None, tokens: int, reps: int, threads: in
             rates[name].append(count / seconds)
     title = (f"{engine.name}, {engine.n_threads} threads, n_vocab {engine.n_vocab:,}, prompt {len(prompt)} "
              f"tokens, up to {tokens} tokens, {reps} interleaved reps (median)")
-    reference.close()
+    for reference in references.values():
+        reference.close()
     engine.close()
     return rates, title
 
@@ -214,9 +222,12 @@ def bench_generate(model: str | None, tokens: int, reps: int, threads: int | Non
     print(f"\n== generate: {title}")
     print(f"  tokenlab generate (text)        {text:8.1f} tok/s   {fmt(rates['text'])}")
     print(f"  tokenlab generate (jsonl: full step records, top-20)  {jsonl:8.1f} tok/s   {fmt(rates['jsonl'])}")
+    theirs_fa = statistics.median(rates["completion_fa"])
     print(f"  llama-cpp-python completion     {theirs:8.1f} tok/s   {fmt(rates['completion'])}")
+    print(f"  ... with flash attention on     {theirs_fa:8.1f} tok/s   {fmt(rates['completion_fa'])}")
     print(f"  ratio text / llama-cpp          {text / theirs:8.3f}   (target >= 1.10)")
     print(f"  ratio jsonl / llama-cpp         {jsonl / theirs:8.3f}")
+    print(f"  ratio text / llama-cpp, same attention  {text / theirs_fa:8.3f}   (tokenlab's own overhead)")
 
 
 def bench_overhead(model: str | None, tokens: int, reps: int, threads: int | None,
@@ -244,7 +255,8 @@ def bench_overhead(model: str | None, tokens: int, reps: int, threads: int | Non
         print(f"\n== overhead on a stand-in: {title}")
         print(f"  {'side':44s} {'tok/s':>9s} {'µs/token':>9s} {'above bare':>11s}")
         print(f"  {'bare loop (decode, logits view, argmax)':44s} {medians['bare']:9.1f} {bare_us:9.1f} {0:11.1f}")
-        for label, name in (("llama-cpp-python create_completion", "completion"),
+        # the bare loop decodes with tokenlab's context (flash attention on): compare like with like
+        for label, name in (("llama-cpp-python create_completion", "completion_fa"),
                             ("tokenlab generate (text)", "text"),
                             ("tokenlab generate --format jsonl (records)", "jsonl")):
             rate = medians[name]
@@ -253,7 +265,7 @@ def bench_overhead(model: str | None, tokens: int, reps: int, threads: int | Non
               f"{overhead(loop):11.1f}   {fmt(loop_rates)}")
         print(f"  {'lab TUI (headless), same run':44s} {tui:9.1f} {1e6 / tui:9.1f} {overhead(tui):11.1f}   "
               f"{fmt(tui_rates)}")
-        text_over, completion_over = overhead(medians["text"]), overhead(medians["completion"])
+        text_over, completion_over = overhead(medians["text"]), overhead(medians["completion_fa"])
         records_more = 1e6 / medians["jsonl"] - 1e6 / medians["text"]
         limit = 150 if (n_vocab or 0) < 100_000 else 600
         print(f"  text overhead - completion's    {text_over - completion_over:8.1f} µs   (target <= 0)")

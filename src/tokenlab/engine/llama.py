@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlab.engine.system import BuildInfo, build_info, without_extra_buffer_types
+from tokenlab.engine.system import BuildInfo, build_info, flash_attention, without_extra_buffer_types
 from tokenlab.engine.text import escape_piece
 from tokenlab.errors import TokenlabError
 
@@ -70,6 +70,10 @@ class EngineOptions:
     """Tokens decoded per llama_decode call when evaluating a prompt."""
     extra_buffer_types: bool | None = None
     """llama.cpp's extra CPU buffer types (weight repacking, the AMX matmul); None: off when the build holds AMX code."""
+    flash_attention: bool | None = None
+    """Flash attention; None lets llama.cpp decide (on where the device supports it). llama_cpp.Llama
+    turns it off unless asked; on a CPU it decodes a small model about 10% faster (fewer graph nodes,
+    each a thread barrier), at float rounding that differs from the unfused path."""
 
     def __post_init__(self) -> None:
         # upper bounds too: llama.cpp takes 32-bit ints, and ctypes would silently truncate larger ones
@@ -144,7 +148,7 @@ class Engine:
         self.extra_buffer_types = extra_buffer_types
         guard = contextlib.nullcontext() if extra_buffer_types else without_extra_buffer_types()
         try:
-            with guard, _chat_templates_left_alone():
+            with guard, flash_attention(self.options.flash_attention), _chat_templates_left_alone():
                 self._llama = llama_cpp.Llama(
                     model_path=str(self.model_path),
                     n_ctx=self.options.n_ctx,

@@ -98,7 +98,7 @@ def cpu_info() -> CpuInfo:
     )
 
 
-_params_lock = threading.Lock()
+_params_lock = threading.RLock()  # re-entrant: a load may hold both wraps below
 
 
 @contextlib.contextmanager
@@ -123,3 +123,32 @@ def without_extra_buffer_types() -> Iterator[None]:
             yield
         finally:
             low_level.llama_model_default_params = original
+
+
+FLASH_ATTENTION_MODES = {None: -1, True: 1, False: 0}
+"""EngineOptions.flash_attention → llama.cpp's flash_attn_type (AUTO, ENABLED, DISABLED)."""
+
+
+@contextlib.contextmanager
+def flash_attention(enabled: bool | None) -> Iterator[None]:
+    """While active, contexts that llama_cpp.Llama creates use flash attention `enabled`.
+
+    None is llama.cpp's own default (AUTO: on wherever the device running attention supports it);
+    llama_cpp.Llama only offers on or off, and passes off unless asked. So its context constructor
+    is wrapped for the duration of a load, like the model parameters above.
+    """
+    import llama_cpp._internals as internals
+
+    mode = FLASH_ATTENTION_MODES[enabled]
+    with _params_lock:
+        original = internals.LlamaContext
+
+        def context(*args: object, params: object, **kwargs: object) -> object:
+            params.flash_attn_type = mode  # type: ignore[attr-defined]
+            return original(*args, params=params, **kwargs)
+
+        internals.LlamaContext = context  # type: ignore[assignment,misc]
+        try:
+            yield
+        finally:
+            internals.LlamaContext = original  # type: ignore[misc]
