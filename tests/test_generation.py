@@ -181,3 +181,51 @@ def test_each_drawn_step_records_where_its_dice_fell(engine: Engine) -> None:
     assert [s.id for s in again.run()] == [s.id for s in generation.steps]
     forced = generation.choose(3, generation.steps[3].top[1].id)
     assert forced.forced and forced.dice is None
+
+
+@pytest.fixture(scope="module")
+def overlapped_engine(model_path):
+    """The default model with background decodes on (one thread, so a core is left for the records)."""
+    loaded = Engine(model_path, EngineOptions(n_ctx=512, n_threads=1, overlap=True))
+    yield loaded
+    loaded.close()
+
+
+def test_overlapped_decoding_records_the_same_run(overlapped_engine: Engine, model_path) -> None:
+    # the next token decodes in a background thread while the step is recorded: same steps, no extra decode
+    serial = Engine(model_path, EngineOptions(n_ctx=512, n_threads=1, overlap=False))
+    try:
+        runs = {}
+        for engine in (overlapped_engine, serial):
+            engine.reset()
+            before = engine.decoded_tokens
+            generation = Generation(engine, raw_tokens(engine), SamplerParams(temperature=1.0), seed=4, max_tokens=24)
+            steps = list(generation.run())
+            runs[engine.overlap] = (steps, engine.decoded_tokens - before, list(engine.tokens))
+    finally:
+        serial.close()
+    (ours, decoded, cached), (theirs, decoded_serial, cached_serial) = runs[True], runs[False]
+    assert [s.id for s in ours] == [s.id for s in theirs] and len(ours) == 24
+    assert [s.top for s in ours] == [s.top for s in theirs]  # every candidate, probability and remover
+    assert [(s.prob, s.rank, s.entropy, s.dice) for s in ours] == [(s.prob, s.rank, s.entropy, s.dice) for s in theirs]
+    assert decoded == decoded_serial  # the prefetched logits were used, not decoded again
+    assert cached == cached_serial
+
+
+def test_overlapped_decoding_survives_a_branch_and_a_rewind(overlapped_engine: Engine) -> None:
+    engine = overlapped_engine
+    engine.reset()
+    prompt = raw_tokens(engine)
+    generation = Generation(engine, prompt, SamplerParams(temperature=1.0), seed=2, max_tokens=12)
+    first = [generation.step() for _ in range(6)]
+    assert engine._pending is not None  # the 7th token is decoding while we look
+    alternative = first[3].top[1].id if first[3].top[0].id == first[3].id else first[3].top[0].id
+    generation.choose(3, alternative)  # back to step 3, under a decode that is still running
+    rest = list(generation.run())
+    assert [s.id for s in generation.steps[:4]] == [s.id for s in first[:3]] + [alternative]
+    assert len(generation.steps) == 12 and rest
+    assert engine.tokens == [*prompt, *(s.id for s in generation.steps[:-1])]
+    # the logits it recorded at the end are the ones a fresh decode of that context gives
+    context = [*prompt, *(s.id for s in generation.steps[:-1])]
+    expected = engine.evaluate(context)
+    assert generation.steps[-1].logit == float(expected[generation.steps[-1].id])

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenlab.engine.system import BuildInfo, build_info, flash_attention, without_extra_buffer_types
+from tokenlab.engine.system import BuildInfo, build_info, cpu_info, flash_attention, without_extra_buffer_types
 from tokenlab.engine.text import escape_piece
 from tokenlab.errors import TokenlabError
 
@@ -70,6 +71,10 @@ class EngineOptions:
     """Tokens decoded per llama_decode call when evaluating a prompt."""
     extra_buffer_types: bool | None = None
     """llama.cpp's extra CPU buffer types (weight repacking, the AMX matmul); None: off when the build holds AMX code."""
+    overlap: bool | None = None
+    """Decode the next token in a background thread while the caller records the step just drawn
+    (`Engine.prefetch`); None: only where that leaves the decode its cores (GPU offload, or fewer
+    threads than usable cores), since on a CPU whose every core decodes it only adds contention."""
     flash_attention: bool | None = None
     """Flash attention; None lets llama.cpp decide (on where the device supports it). llama_cpp.Llama
     turns it off unless asked; on a CPU it decodes a small model about 10% faster (fewer graph nodes,
@@ -117,6 +122,46 @@ def _chat_templates_left_alone() -> Iterator[None]:
             yield
         finally:
             llama_chat_format.Jinja2ChatFormatter = original  # type: ignore[misc]
+
+
+class _Job:
+    """One call run by the background decode thread; `done` is set when it returned or raised."""
+
+    __slots__ = ("call", "done", "error", "value")
+
+    def __init__(self, call: Callable[[], int]) -> None:
+        self.call = call
+        self.done = threading.Event()
+        self.value: int | None = None
+        self.error: BaseException | None = None
+
+
+class _DecodeThread:
+    """A thread that runs an engine's decodes in the background (llama_decode releases the GIL)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="tokenlab-decode", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job.value = job.call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, which redoes the call
+                job.error = exc
+            finally:
+                job.done.set()
+
+    def submit(self, call: Callable[[], int]) -> _Job:
+        """Queue `call`; the thread starts it at the caller's next release of the GIL (its next numpy
+        pass or llama.cpp call), which costs less than waiting here for the thread to take it."""
+        job = _Job(call)
+        self._jobs.put(job)
+        return job
+
+    def stop(self) -> None:
+        self._jobs.put(None)
 
 
 class Engine:
@@ -180,8 +225,18 @@ class Engine:
         self._pieces: dict[int, bytes] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._views: dict[int | None, np.ndarray] = {}
-        self.tokens: list[int] = []
-        """Tokens the KV cache holds, position by position."""
+        self._tokens: list[int] = []
+        if self.options.overlap is not None:
+            self.overlap = self.options.overlap
+        else:
+            offloaded = self.options.n_gpu_layers != 0 and cached_build_info().gpu_offload
+            self.overlap = offloaded or n_threads < cpu_info().usable_cores
+        """Whether `prefetch` decodes in the background (see EngineOptions.overlap)."""
+        self._background: _DecodeThread | None = None
+        self._pending: tuple[list[int], _Job] | None = None
+        """A background decode: the tokens the cache will hold, and its job."""
+        self._ready: list[int] | None = None
+        """The tokens of a finished background decode while llama.cpp's logits buffer still holds its row."""
         self.decoded_tokens = 0
         """Tokens passed to llama_decode since load (proves prefix reuse in tests and benchmarks)."""
         self.decode_calls = 0
@@ -200,8 +255,20 @@ class Engine:
 
     @property
     def llama(self):  # noqa: ANN201 - the llama_cpp.Llama object, for low-level callers and tests
-        """The underlying llama_cpp.Llama (tests compare against its own sampler)."""
+        """The underlying llama_cpp.Llama (tests compare against its own sampler); no decode runs behind it."""
+        self._settle(keep=False)
         return self._llama
+
+    @property
+    def tokens(self) -> list[int]:
+        """Tokens the KV cache holds, position by position (after any background decode)."""
+        self._settle()
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, value: list[int]) -> None:
+        self._settle(keep=False)
+        self._tokens = value
 
     @property
     def vocab(self):  # noqa: ANN201 - llama.cpp's llama_vocab pointer (the grammar sampler needs it)
@@ -287,10 +354,66 @@ class Engine:
         """Make the cache hold exactly `tokens` and return the float32 logits after the last one.
 
         Only the suffix that differs from the cached tokens is decoded; the shared prefix stays in the
-        KV cache. When `tokens` is entirely cached, the last token is decoded again to get its logits.
+        KV cache. When `tokens` is entirely cached, the last token is decoded again to get its logits,
+        unless a `prefetch` of exactly these tokens decoded them: its logits are returned then.
         """
         # compared and copied as lists (in C); only the suffix to decode is converted to ints
         tokens = tokens if type(tokens) is list else list(tokens)
+        self._settle()
+        ready, self._ready = self._ready, None
+        if ready is not None and ready == tokens:
+            return self._view(-1).copy()  # a prefetch decoded exactly these
+        return self._evaluate_now(tokens)
+
+    def prefetch(self, tokens: Sequence[int]) -> bool:
+        """Start decoding the last of `tokens` in a background thread, where `overlap` is on.
+
+        For the one-token step of a generation: `tokens` must be the cached tokens plus one. The caller
+        goes on (recording the step it just drew) while llama.cpp decodes; the next `evaluate(tokens)`
+        returns the logits without decoding again, and every other call that needs the context waits
+        for the decode first. A failed background decode is redone, and its error raised, by that next
+        call. Returns whether a decode started.
+        """
+        if not self.overlap:
+            return False
+        self._settle(keep=False)
+        tokens = tokens if type(tokens) is list else list(tokens)
+        cached = self._tokens
+        position = len(cached)
+        if len(tokens) != position + 1 or tokens[:position] != cached or len(tokens) > self.n_ctx:
+            return False
+        # the batch is made here; the thread only runs llama_decode, which releases the GIL at once
+        llama = self._llama
+        llama._ctx.kv_cache_seq_rm(-1, position, -1)
+        llama._batch.set_batch(batch=[int(tokens[-1])], n_past=position, logits_all=False)
+        if self._background is None:
+            self._background = _DecodeThread()
+        decode, context, batch = self._lib.llama_decode, llama.ctx, llama._batch.batch
+        self._pending = (tokens, self._background.submit(lambda: decode(context, batch)))
+        return True
+
+    def _settle(self, *, keep: bool = True) -> None:
+        """Wait for a background decode and book it; keep its logits for `evaluate` unless the cache changes."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            tokens, job = pending
+            job.done.wait()
+            llama = self._llama
+            position = len(tokens) - 1
+            if job.error is None and job.value == 0:
+                llama.input_ids[position] = tokens[-1]
+                llama.n_tokens = position + 1
+                self._tokens = tokens
+                self._ready = tokens
+                self.decoded_tokens += 1
+                self.decode_calls += 1
+            else:  # the next call decodes again, in its own thread, and reports what went wrong
+                llama._ctx.kv_cache_seq_rm(-1, position, -1)
+                llama.n_tokens = position
+        if not keep:
+            self._ready = None
+
+    def _evaluate_now(self, tokens: list[int]) -> np.ndarray:
         if not tokens:
             raise ValueError("cannot evaluate an empty token sequence")
         if len(tokens) > self.n_ctx:
@@ -298,7 +421,7 @@ class Engine:
                 f"{len(tokens)} tokens do not fit the context of {self.n_ctx}; "
                 "shorten the prompt or raise --ctx-size"
             )
-        cached = self.tokens
+        cached = self._tokens
         if len(cached) < len(tokens) and cached == tokens[: len(cached)]:
             shared = len(cached)  # the common case, one more token
         else:
@@ -310,16 +433,17 @@ class Engine:
             shared -= 1  # the logits of the last position are gone once anything after it was decoded
         suffix = [int(t) for t in tokens[shared:]]
         self._decode_from(shared, suffix)
-        self.tokens = cached[:shared] + suffix
-        return self.last_logits()
+        self._tokens = cached[:shared] + suffix
+        return self._view(-1).copy()
 
     def append(self, token_id: int) -> np.ndarray:
         """Decode one more token after the cached ones and return the new logits."""
-        if len(self.tokens) + 1 > self.n_ctx:
+        self._settle(keep=False)
+        if len(self._tokens) + 1 > self.n_ctx:
             raise EngineError(f"the context of {self.n_ctx} tokens is full")
-        self._decode_from(len(self.tokens), [int(token_id)])
-        self.tokens.append(int(token_id))
-        return self.last_logits()
+        self._decode_from(len(self._tokens), [int(token_id)])
+        self._tokens.append(int(token_id))
+        return self._view(-1).copy()
 
     def _decode_from(self, position: int, suffix: list[int]) -> None:
         """Drop the cache from `position` on, then decode `suffix` there (logits for its last token only)."""
@@ -336,7 +460,7 @@ class Engine:
                 llama.input_ids[llama.n_tokens:llama.n_tokens + len(chunk)] = chunk
                 llama.n_tokens += len(chunk)
         except RuntimeError as exc:
-            self.tokens = self.tokens[:position]
+            self._tokens = self._tokens[:position]
             llama.n_tokens = position
             raise EngineError(f"llama.cpp failed to decode: {exc}") from None
         self.decoded_tokens += len(suffix)
@@ -355,20 +479,21 @@ class Engine:
         keeps the prefix it shares with `tokens` up to `first_row`; everything from there is decoded.
         """
         tokens = [int(t) for t in tokens]
+        self._settle(keep=False)
         if len(tokens) > self.n_ctx:
             raise EngineError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}")
         if not 0 <= first_row < len(tokens):
             raise ValueError(f"first_row must be in [0, {len(tokens)}), got {first_row}")
         shared = 0
-        limit = min(len(self.tokens), first_row)
-        while shared < limit and self.tokens[shared] == tokens[shared]:
+        limit = min(len(self._tokens), first_row)
+        while shared < limit and self._tokens[shared] == tokens[shared]:
             shared += 1
         if shared < first_row:
             self._decode_from(shared, tokens[shared:first_row])  # context rows nobody asked for
         llama = self._llama
         batch_size = llama.n_batch
         position = first_row
-        self.tokens = tokens[:first_row]
+        self._tokens = tokens[:first_row]
         while position < len(tokens):
             chunk = tokens[position:position + batch_size]
             llama._ctx.kv_cache_seq_rm(-1, position, -1)
@@ -378,7 +503,7 @@ class Engine:
             except RuntimeError as exc:
                 raise EngineError(f"llama.cpp failed to decode: {exc}") from None
             llama.n_tokens = position + len(chunk)
-            self.tokens.extend(chunk)
+            self._tokens.extend(chunk)
             self.decoded_tokens += len(chunk)
             self.decode_calls += 1
             for offset in range(len(chunk)):
@@ -392,6 +517,10 @@ class Engine:
 
     def logits_view(self, index: int) -> np.ndarray:
         """A zero-copy float32 view of the logits of output `index`, valid until the next decode."""
+        self._settle(keep=False)
+        return self._view(index)
+
+    def _view(self, index: int) -> np.ndarray:
         pointer = self._lib.llama_get_logits_ith(self._llama.ctx, index)
         address = ctypes.cast(pointer, ctypes.c_void_p).value
         view = self._views.get(address)
@@ -406,12 +535,19 @@ class Engine:
 
     def reset(self) -> None:
         """Forget the cached tokens (the next evaluate decodes everything)."""
+        self._settle(keep=False)
         self._llama.reset()
         self._llama._ctx.kv_cache_seq_rm(-1, 0, -1)
-        self.tokens = []
+        self._tokens = []
 
     def close(self) -> None:
         """Free the model and context."""
+        if getattr(self, "_pending", None) is not None:
+            self._settle(keep=False)
+        background = getattr(self, "_background", None)
+        if background is not None:
+            background.stop()
+            self._background = None
         llama = getattr(self, "_llama", None)
         if llama is not None:
             llama.close()

@@ -331,12 +331,29 @@ class Generation:
         while True:
             frontier = self.frontier()
             token_id = frontier.draw()
+            self._prefetch(frontier, token_id)
             step = self._record(frontier, token_id, forced=False)
             # a banned phrase: back to where it began and draw there again (bounded by the rewind caps)
             if not self.params.ban_phrases or not self._rewind_phrase(step):
                 break
         self.elapsed += time.perf_counter() - started
         return step
+
+    def _prefetch(self, frontier: Frontier, token_id: int) -> None:
+        """Start decoding the drawn token in the background while this step is recorded (Engine.prefetch).
+
+        Only where the record has work worth hiding (raw statistics and candidates), the run goes on
+        after this token, and the next rows come from the engine's own context (not guidance's pair).
+        """
+        prefetch = getattr(self.engine, "prefetch", None)
+        if prefetch is None or not self.record or frontier.negative_logits is not None:
+            return
+        after = len(self.steps) + 1
+        if after >= self.max_tokens or len(self.prompt_tokens) + after >= self.engine.n_ctx:
+            return
+        if self.engine.is_eog(token_id):
+            return
+        prefetch([*frontier.history, token_id])
 
     @property
     def settled(self) -> int:

@@ -75,17 +75,25 @@ class RawStats:
             # its logits carry ~1e-7 relative rounding already, float64 exp costs 3x on CPUs without
             # AVX-512, and llama.cpp's own softmax is float32. A float64 row is done in float64 throughout.
             self._exp32 = row.dtype == np.float32
-            shifted, weights = _scratch(self.n_vocab, np.float32 if self._exp32 else np.float64)
-            with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: a weight of 0, as it should be
-                np.subtract(row, top, out=shifted, dtype=shifted.dtype)  # cast and shift in one pass
-            np.exp(shifted, out=weights)
-            total = float(weights.sum(dtype=np.float64))
+            if self._exp32:
+                shifted32, weights32 = _scratch(self.n_vocab, np.float32)
+                np.subtract(row, np.float32(top), out=shifted32)
+                np.exp(shifted32, out=weights32)
+                shifted, weights = _scratch(self.n_vocab)
+                np.copyto(shifted, shifted32)  # two widening copies and a float64 einsum cost less
+                np.copyto(weights, weights32)  # than float64 reductions straight from float32 arrays
+            else:
+                shifted, weights = _scratch(self.n_vocab)
+                with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: a weight of 0, as it should be
+                    np.subtract(row, top, out=shifted)
+                np.exp(shifted, out=weights)
+            total = float(weights.sum())
+            # einsum, not np.dot: BLAS would start threads that spin on the cores the decode needs
             with np.errstate(invalid="ignore"):
-                np.multiply(weights, shifted, out=shifted)  # NaN where 0 * -inf
-            weighted = float(shifted.sum(dtype=np.float64))
+                weighted = float(np.einsum("i,i->", weights, shifted))  # NaN where 0 * -inf
             if not math.isfinite(weighted):  # -inf logits: leave them out
                 alive = weights > 0
-                weighted = float(shifted[alive].sum(dtype=np.float64))
+                weighted = float(np.einsum("i,i->", weights[alive], shifted[alive]))
             self._total = total
             self._log_total = math.log(total)
             self.log_normalizer = top + self._log_total
