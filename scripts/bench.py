@@ -158,7 +158,7 @@ def generate_rates(model: str | Path | None, tokens: int, reps: int, threads: in
         started = time.perf_counter()
         if record:  # what `tokenlab generate --format jsonl` does per step
             for step in generation.run():
-                sink.write(json.dumps(step.to_json(), ensure_ascii=False) + "\n")
+                sink.write(step.to_json_line() + "\n")
         else:
             for step in generation.run():
                 sink.write(step.text)

@@ -229,3 +229,14 @@ def test_overlapped_decoding_survives_a_branch_and_a_rewind(overlapped_engine: E
     context = [*prompt, *(s.id for s in generation.steps[:-1])]
     expected = engine.evaluate(context)
     assert generation.steps[-1].logit == float(expected[generation.steps[-1].id])
+
+
+def test_a_steps_json_line_is_its_json_object(engine: Engine) -> None:
+    import json
+
+    generation = Generation(engine, raw_tokens(engine), SamplerParams(temperature=1.0), seed=3, max_tokens=4)
+    for step in generation.run():
+        line = step.to_json_line()
+        assert "\n" not in line
+        assert line == json.dumps(step.to_json(), ensure_ascii=False)
+        assert json.loads(line)["id"] == step.id

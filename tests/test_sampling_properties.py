@@ -285,3 +285,21 @@ def test_the_dice_mass_before_a_token_is_the_draws_cumulative_order(seed: int, t
     prob = probs[token_id]
     expected = float(probs[probs > prob].sum() + probs[np.flatnonzero(probs[:token_id] == prob)].sum())
     assert mass_before(result, token_id) == pytest.approx(expected, abs=1e-12)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(), st.integers(0, 2**32 - 1))
+def test_a_records_lookups_agree_with_the_one_by_one_answers(
+    case: tuple[np.ndarray, SamplerParams, list[int]], seed: int
+) -> None:
+    """A step's record reads removed_by and final probabilities for a few ids through fast paths
+    (Python sets and a dict): they must give exactly the one-id-at-a-time answers."""
+    logits, params, history = case
+    result = Pipeline(params).run(logits, history, rng=np.random.default_rng(seed))
+    ids = np.arange(logits.shape[0], dtype=np.int64)
+    assert result.removed_by_many(ids) == [result.removed_by(int(i)) for i in ids]
+    probs = result.probs_of(ids)
+    lookup = result.final_lookup
+    if lookup is not None:
+        assert [lookup.get(int(i), 0.0) for i in ids] == probs.tolist()
+    assert probs.tolist() == [result.prob_of(int(i)) for i in ids]

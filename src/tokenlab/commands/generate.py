@@ -45,7 +45,7 @@ def generate(
             settled = generation.settled
             for step in generation.steps[written:settled]:
                 if output_format is OutputFormat.jsonl:
-                    out.write(json.dumps(step.to_json(), ensure_ascii=False) + "\n")
+                    out.write(step.to_json_line() + "\n")
                 else:
                     out.write(shown(step.text))
             written = max(written, settled)

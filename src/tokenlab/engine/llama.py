@@ -223,6 +223,7 @@ class Engine:
         self.metadata: dict[str, str] = dict(self._llama.metadata)
         self.chat_template: str | None = self.metadata.get("tokenizer.chat_template")
         self._pieces: dict[int, bytes] = {}
+        self._texts: dict[int, str] = {}
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._views: dict[int | None, np.ndarray] = {}
         self._tokens: list[int] = []
@@ -311,8 +312,11 @@ class Engine:
         return data
 
     def token_text(self, token_id: int) -> str:
-        """A token as readable text: invalid UTF-8 bytes shown as \\xNN escapes."""
-        return escape_piece(self.piece(token_id))
+        """A token as readable text: invalid UTF-8 bytes shown as \\xNN escapes (cached)."""
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = escape_piece(self.piece(token_id))
+        return text
 
     def detokenize(self, token_ids: Sequence[int]) -> str:
         """The text of several tokens joined (bytes first, so split characters come out whole)."""

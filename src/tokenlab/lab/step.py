@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,10 @@ DEFAULT_TOP_N = 20
 """Candidates kept in a step's record."""
 NEGATIVE_TOP_N = 5
 """Candidates of the negative context kept in a guided step's record."""
+
+_encode_json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+"""json.dumps(..., ensure_ascii=False) without building an encoder per call or checking for cycles
+(a step's JSON is a fresh tree)."""
 
 
 @dataclass(frozen=True, slots=True)  # slots: a long session holds hundreds of thousands of these
@@ -109,6 +114,10 @@ class Step:
     """Phrase-ban rewinds that restarted the run at this step, oldest first (their tokens came before this one)."""
     negative: tuple[tuple[int, str, float], ...] = ()
     """With guidance: the negative context's most likely tokens here, (id, text, raw probability)."""
+
+    def to_json_line(self) -> str:
+        """The step as one line of `tokenlab generate --format jsonl` (without the newline)."""
+        return _encode_json(self.to_json())
 
     def slim(self) -> Step:
         """This step with only the chosen token among its candidates (what loop mode keeps past its cap)."""
@@ -225,10 +234,8 @@ class Frontier:
 
     def draw(self) -> int:
         """Draw this step's token from the final distribution with the step's random stream."""
-        before_draw = self.rng.bit_generator.state
-        u = float(self.rng.random())  # the number the draw is about to take, read from a copy of the stream
-        self.rng.bit_generator.state = before_draw
-        token_id = self.result.draw(self.rng)
+        u = float(self.rng.random())  # the one number the draw takes, kept to show the dice
+        token_id = self.result.draw(None, u=u)
         self.drawn_u = u
         return token_id
 
@@ -266,7 +273,11 @@ class Frontier:
                 ids.append(int(token_id))
         id_array = np.asarray(ids, dtype=np.int64)
         raw_probs = self.raw.probs(id_array).tolist()
-        final_probs = self.result.probs_of(id_array).tolist()
+        lookup = self.result.final_lookup
+        if lookup is not None:
+            final_probs = [lookup.get(token_id, 0.0) for token_id in ids]
+        else:
+            final_probs = self.result.probs_of(id_array).tolist()
         removed = self.result.removed_by_many(id_array)
         logits = self.logits[id_array].tolist()
         return tuple(

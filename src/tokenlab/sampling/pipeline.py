@@ -26,6 +26,8 @@ step.  Nothing is kept between runs, so a rewound or branched generation just re
 
 from __future__ import annotations
 
+import math
+
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
@@ -64,6 +66,8 @@ _DRAW_PARTIAL = 256
 
 # Membership in sparse survivors up to this many is tested with a Python set.
 _SET_LOOKUP = 512
+_FEW_IDS = 64
+"""Up to this many ids, removed_by_many looks them up one by one in Python (see _removed_by_few)."""
 
 
 def _checked_state(state: Mapping[str, object] | None) -> Mapping[str, object]:
@@ -314,6 +318,14 @@ class PipelineResult:
         hits = np.flatnonzero(self.final.ids == token_id)
         return float(self.final_probs[hits[0]]) if hits.shape[0] else 0.0
 
+    @cached_property
+    def final_lookup(self) -> dict[int, float] | None:
+        """Survivor id → final probability when the survivors are few and sparse (None otherwise):
+        a step's record looks up a couple of dozen ids, which a dict answers fastest."""
+        if self.final.ids is None or self.final.ids.shape[0] > _SET_LOOKUP:
+            return None
+        return dict(zip(self.final_ids.tolist(), self.final_probs.tolist()))
+
     def probs_of(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Final probabilities of several ids at once (0.0 where removed)."""
         ids = np.asarray(ids, dtype=np.int64)
@@ -330,6 +342,8 @@ class PipelineResult:
         ids = np.asarray(ids, dtype=np.int64)
         if self.uniform_fallback:
             return [self.removed_by(int(token_id)) for token_id in ids]
+        if ids.shape[0] <= _FEW_IDS and self.final.ids is not None:
+            return self._removed_by_few(ids.tolist())
         answers: list[str | None] = [None] * ids.shape[0]
         pending = ~self.final.contains_many(ids)
         if not pending.any():
@@ -355,6 +369,44 @@ class PipelineResult:
             pending &= ~gone
         return answers
 
+    def _removed_by_few(self, wanted: list[int]) -> list[str | None]:
+        """`removed_by_many` for a few ids (a step's candidates) after a sparse final stage: Python sets
+        and scalar reads cost less than a dozen small numpy calls per stage."""
+        for token_id in wanted:
+            self._check_id(token_id)
+        answers: list[str | None] = [None] * len(wanted)
+        lookup = self.final_lookup
+        if lookup is not None:
+            pending = [i for i, token_id in enumerate(wanted) if token_id not in lookup]
+        else:
+            survived = self.final.contains_many(np.asarray(wanted, dtype=np.int64)).tolist()
+            pending = [i for i, alive in enumerate(survived) if not alive]
+        if not pending:
+            return answers
+        raw = self._raw[wanted].tolist()
+        for i in pending:
+            if not raw[i] > -math.inf:  # -inf or NaN
+                answers[i] = REMOVED_BY_INPUT
+        pending = [i for i in pending if answers[i] is None]
+        for report in self.stages:
+            if not pending:
+                break
+            after = report._after
+            if after.ids is None:
+                logits = after.logits[[wanted[i] for i in pending]].tolist()
+                gone = [i for i, logit in zip(pending, logits) if not logit > -math.inf]
+            elif after.ids.shape[0] <= _SET_LOOKUP:
+                alive = set(after.ids.tolist())
+                gone = [i for i in pending if wanted[i] not in alive]
+            else:
+                kept = after.contains_many(np.asarray([wanted[i] for i in pending], dtype=np.int64)).tolist()
+                gone = [i for i, alive_here in zip(pending, kept) if not alive_here]
+            for i in gone:
+                answers[i] = report.name
+            if gone:
+                pending = [i for i in pending if answers[i] is None]
+        return answers
+
     def removed_by(self, token_id: int) -> str | None:
         """First stage that removed `token_id`: None if it survived, "input" if raw -inf/NaN."""
         token_id = self._check_id(token_id)
@@ -375,9 +427,12 @@ class PipelineResult:
                 return report.name
         return None
 
-    def draw(self, rng: np.random.Generator) -> int:
-        """One token id by inverse CDF over `final_probs` using exactly one `rng.random()` call."""
-        u = rng.random()
+    def draw(self, rng: np.random.Generator | None, u: float | None = None) -> int:
+        """One token id by inverse CDF over `final_probs` using exactly one `rng.random()` call
+        (or the uniform number `u` in [0, 1) already taken from it)."""
+        if u is None:
+            assert rng is not None
+            u = rng.random()
         if (
             self.final.ids is None
             and "_ranked" not in self.__dict__
