@@ -354,8 +354,11 @@ class Engine:
 
     # -- decoding --------------------------------------------------------------------------------
 
-    def evaluate(self, tokens: Sequence[int]) -> np.ndarray:
+    def evaluate(self, tokens: Sequence[int], *, copy: bool = True) -> np.ndarray:
         """Make the cache hold exactly `tokens` and return the float32 logits after the last one.
+
+        The logits are a copy; with `copy=False` a zero-copy view of llama.cpp's buffer, valid only
+        until the next decode (a lean run that is done with the row before it decodes again).
 
         Only the suffix that differs from the cached tokens is decoded; the shared prefix stays in the
         KV cache. When `tokens` is entirely cached, the last token is decoded again to get its logits,
@@ -365,9 +368,9 @@ class Engine:
         tokens = tokens if type(tokens) is list else list(tokens)
         self._settle()
         ready, self._ready = self._ready, None
-        if ready is not None and ready == tokens:
-            return self._view(-1).copy()  # a prefetch decoded exactly these
-        return self._evaluate_now(tokens)
+        if ready is None or ready != tokens:  # else a prefetch decoded exactly these
+            self._evaluate_now(tokens)
+        return self._view(-1).copy() if copy else self._view(-1)
 
     def prefetch(self, tokens: Sequence[int]) -> bool:
         """Start decoding the last of `tokens` in a background thread, where `overlap` is on.
@@ -417,7 +420,7 @@ class Engine:
         if not keep:
             self._ready = None
 
-    def _evaluate_now(self, tokens: list[int]) -> np.ndarray:
+    def _evaluate_now(self, tokens: list[int]) -> None:
         if not tokens:
             raise ValueError("cannot evaluate an empty token sequence")
         if len(tokens) > self.n_ctx:
@@ -438,7 +441,6 @@ class Engine:
         suffix = [int(t) for t in tokens[shared:]]
         self._decode_from(shared, suffix)
         self._tokens = cached[:shared] + suffix
-        return self._view(-1).copy()
 
     def append(self, token_id: int) -> np.ndarray:
         """Decode one more token after the cached ones and return the new logits."""

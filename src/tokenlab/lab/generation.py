@@ -195,6 +195,9 @@ class Generation:
         negative = None
         if params.guidance_scale != 1.0:
             logits, negative = self._guided_rows(context, self._ids[:index], params)
+        elif not self.record and index == len(self.steps) and not getattr(self.engine, "remote", True):
+            # a lean run draws and moves on before the next decode: llama.cpp's own buffer will do
+            logits = self.engine.evaluate(context, copy=False)
         else:
             logits = self.engine.evaluate(context)
         return Frontier(logits=logits, history=tuple(context), params=params,
