@@ -54,7 +54,8 @@ def start_server(model_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the server is stopped
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--verbose", "false"],
+         "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--verbose", "false",
+         "--flash_attn", "true"],  # the attention tokenlab's own engine runs (llama.cpp's AUTO: on for a CPU)
         stdout=log, stderr=log,
     )
     process.log = log  # type: ignore[attr-defined]
@@ -125,7 +126,8 @@ def test_greedy_generation_through_engine_equals_local_greedy_generation(server:
     # continuation whose every prefix is its own canonical tokenization (no two newline tokens where the
     # tokenizer would use one): this one is, and the test checks it below
     prompt = "Once upon a time"
-    common = ("generate", prompt, "--raw", "--temperature", "0", "-n", "24", "--format", "jsonl", "--seed", "3")
+    common = ("generate", prompt, "--raw", "--temperature", "0", "-n", "24", "--format", "jsonl", "--seed", "3",
+              "--threads", "1")  # the server's thread count: flash attention's sums split by thread
     code, local_out, local_err = run_cli(*common)
     assert code == 0, local_err
     code, remote_out, remote_err = run_cli(*common, "--engine", server)
@@ -172,7 +174,9 @@ def test_inspect_top_candidates_match_the_local_engine(server: str) -> None:
 
 
 def test_the_sampler_runs_on_the_server_distribution_with_every_knob(remote: RemoteEngine, engine: Engine) -> None:
-    params = SamplerParams(temperature=0.8, top_k=5, min_p=0.02, presence_penalty=0.5)
+    # end-of-generation tokens banned: llama_cpp.server never lists them among its top log-probabilities
+    eog = tuple(token for token in range(engine.n_vocab) if engine.is_eog(token))
+    params = SamplerParams(temperature=0.8, top_k=5, min_p=0.02, presence_penalty=0.5, ban=eog)
     tokens = remote.tokenize(PROMPT)
     generation = Generation(remote, tokens, params, seed=11, max_tokens=4)
     steps = list(generation.run())
@@ -184,6 +188,7 @@ def test_the_sampler_runs_on_the_server_distribution_with_every_knob(remote: Rem
         assert step.id in {c.id for c in survivors}
     # the same knobs on the local engine's full row draw the same tokens: the tail the server leaves out
     # is never reached by top-k 5 (and these stages do not care that the row holds log-probabilities)
+    assert eog and all(step.id not in eog for step in steps)
     local = Generation(engine, engine.tokenize(PROMPT), params, seed=11, max_tokens=4)
     assert [step.id for step in local.run()] == [step.id for step in steps]
 
