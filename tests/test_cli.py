@@ -60,8 +60,7 @@ def test_greedy_generate_equals_llama_cpp_python(model_path: Path) -> None:
     result = tokenlab("generate", PROMPT, "--raw", "--temperature", "0", "-n", "32", "--format", "jsonl")
     assert result.returncode == 0, result.stderr
     ours = json.loads(result.stdout.splitlines()[-1])["text"]
-    # flash attention on, as tokenlab leaves it to llama.cpp (on for a CPU); llama_cpp.Llama turns it off
-    reference = llama_cpp.Llama(model_path=str(model_path), n_ctx=512, flash_attn=True, verbose=False)
+    reference = llama_cpp.Llama(model_path=str(model_path), n_ctx=512, verbose=False)
     try:
         theirs = reference.create_completion(PROMPT, max_tokens=32, temperature=0)["choices"][0]["text"]
     finally:

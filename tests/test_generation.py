@@ -32,8 +32,7 @@ def test_same_seed_same_tokens_and_different_seeds_differ(engine: Engine) -> Non
 def test_greedy_equals_llama_cpp_python_greedy_completion(engine: Engine, model_path) -> None:
     generation = Generation(engine, raw_tokens(engine), SamplerParams(temperature=0), seed=0, max_tokens=40)
     ours = [step.id for step in generation.run()]
-    # flash attention on, as tokenlab leaves it to llama.cpp (on for a CPU); llama_cpp.Llama turns it off
-    reference = llama_cpp.Llama(model_path=str(model_path), n_ctx=1024, flash_attn=True, verbose=False)
+    reference = llama_cpp.Llama(model_path=str(model_path), n_ctx=1024, verbose=False)
     try:
         completion = reference.create_completion(PROMPT, max_tokens=40, temperature=0)
         theirs = []

@@ -54,8 +54,7 @@ def start_server(model_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the server is stopped
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--verbose", "false",
-         "--flash_attn", "true"],  # the attention tokenlab's own engine runs (llama.cpp's AUTO: on for a CPU)
+         "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--verbose", "false"],
         stdout=log, stderr=log,
     )
     process.log = log  # type: ignore[attr-defined]
@@ -126,8 +125,7 @@ def test_greedy_generation_through_engine_equals_local_greedy_generation(server:
     # continuation whose every prefix is its own canonical tokenization (no two newline tokens where the
     # tokenizer would use one): this one is, and the test checks it below
     prompt = "Once upon a time"
-    common = ("generate", prompt, "--raw", "--temperature", "0", "-n", "24", "--format", "jsonl", "--seed", "3",
-              "--threads", "1")  # the server's thread count: flash attention's sums split by thread
+    common = ("generate", prompt, "--raw", "--temperature", "0", "-n", "24", "--format", "jsonl", "--seed", "3")
     code, local_out, local_err = run_cli(*common)
     assert code == 0, local_err
     code, remote_out, remote_err = run_cli(*common, "--engine", server)

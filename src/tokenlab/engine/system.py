@@ -133,9 +133,9 @@ FLASH_ATTENTION_MODES = {None: -1, True: 1, False: 0}
 def flash_attention(enabled: bool | None) -> Iterator[None]:
     """While active, contexts that llama_cpp.Llama creates use flash attention `enabled`.
 
-    None is llama.cpp's own default (AUTO: on wherever the device running attention supports it);
-    llama_cpp.Llama only offers on or off, and passes off unless asked. So its context constructor
-    is wrapped for the duration of a load, like the model parameters above.
+    None is llama.cpp's own default (AUTO: on wherever the device running attention supports it),
+    which llama_cpp.Llama cannot pass (it offers on or off), so its context constructor is wrapped for
+    the duration of a load, like the model parameters above.
     """
     import llama_cpp._internals as internals
 
