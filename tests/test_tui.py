@@ -936,3 +936,21 @@ async def test_the_curve_is_redrawn_for_the_new_width_after_a_resize(finished_en
         lines = rendered.plain.splitlines() if hasattr(rendered, "plain") else []
         width = strip.size.width
         assert lines and all(len(line) <= width for line in lines), (width, lines)
+
+
+async def test_batches_slow_down_when_painting_costs_more_than_its_share(finished_engine) -> None:
+    engine, apps = finished_engine
+    app = make_app(engine, max_tokens=60)
+    apps.append(app)
+    async with app.run_test(size=SIZE) as pilot:
+        lab = app.lab
+        await wait_for(pilot, lambda: lab.frontier is not None)
+        base = app.controller.batch_interval
+        assert base == 0.25
+        lab.PAINT_SHARE = 1e-9  # any paint costs more than this share: the batches go as far apart as allowed
+        await pilot.press("space")
+        await wait_for(pilot, lambda: lab.stop_reason == "max_tokens", timeout=60)
+        assert lab._paint_cost is not None and lab._paint_cost > 0
+        assert lab.paced_interval == lab.MAX_BATCH_INTERVAL
+        assert len(lab.steps) == 60  # every step still reaches the screen
+        assert app.controller.batch_interval == base  # the next run starts at the base rate again

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from collections import deque
 from collections.abc import Callable
@@ -239,6 +240,7 @@ class LabScreen(Screen[None]):
         """(steps done, total) while rollouts run."""
         self._legend_mode: tuple[str, int] | None = None
         self._key_state: tuple[object, ...] | None = None
+        self._keys_pending = False
         """What check_action last decided from; the footer is refreshed when it changes."""
         self.lesson: LessonGuide | None = None
         """The lesson under way (L), if any."""
@@ -260,7 +262,23 @@ class LabScreen(Screen[None]):
         yield StatusLine(id="status")
         yield Footer()
 
+    PAINT_SHARE = 0.05
+    """Share of a core the screen may use while generating: when showing a batch of new steps costs
+    the UI thread more than PAINT_SHARE of the batch interval (Textual's screen update included), the
+    controller sends batches less often (up to MAX_BATCH_INTERVAL apart), so a slow terminal or a busy
+    machine takes its time from the screen, not from the generation it shows."""
+    MAX_BATCH_INTERVAL = 1.0
+
+    _paint_mark: tuple[float, float] | None = None
+    """(UI thread CPU seconds, wall seconds) when the previous batch was painted, during a run."""
+    _paint_cost: float | None = None
+    """UI thread CPU seconds per batch of steps (smoothed)."""
+    _base_interval: float = 0.25
+    paced_interval: float | None = None
+    """The batch interval the pacing chose last (None before a run has been paced)."""
+
     def on_mount(self) -> None:
+        self._base_interval = self.controller.batch_interval
         self.controller.emit = self._emit
         self.run_controller()
         self.refresh_view()
@@ -297,7 +315,24 @@ class LabScreen(Screen[None]):
         if handler is None:
             raise TypeError(f"the lab screen has no handler for {type(message.event).__name__}")
         handler(self, message.event)
+        if type(message.event) is StepsAdded and self.running:
+            self._pace_batches()
+        elif self._paint_mark is not None and not self.running:
+            self._paint_mark = None  # a pause: the next run starts at the base rate and measures afresh
+            self.controller.batch_interval = self._base_interval
         self.refresh_view()
+
+    def _pace_batches(self) -> None:
+        """Set the controller's batch interval from what the UI thread spent since the last batch."""
+        cpu, wall = time.thread_time(), time.perf_counter()
+        mark, self._paint_mark = self._paint_mark, (cpu, wall)
+        if mark is None or wall - mark[1] > 4 * self.MAX_BATCH_INTERVAL:
+            return
+        cost = cpu - mark[0]
+        self._paint_cost = cost if self._paint_cost is None else 0.5 * self._paint_cost + 0.5 * cost
+        wanted = self._paint_cost / self.PAINT_SHARE
+        self.paced_interval = min(self.MAX_BATCH_INTERVAL, max(self._base_interval, wanted))
+        self.controller.batch_interval = self.paced_interval
 
     def _got_steps_added(self, event: StepsAdded) -> None:
         if event.run_id != self.run_id:
@@ -486,12 +521,25 @@ class LabScreen(Screen[None]):
             return None
         return True
 
+    KEYS_SETTLE = 0.15
+    """Seconds the footer waits for the keys' states to settle while generating: a run's first steps
+    flip them twice within a few dozen milliseconds, and every footer refresh restyles each key."""
+
     def _refresh_keys(self) -> None:
         """Refresh the footer when what check_action decides has changed (not on every render)."""
         state = tuple(self.check_action(action, ()) for action in DIMMABLE)
-        if state != self._key_state:
-            self._key_state = state
+        if state == self._key_state:
+            return
+        self._key_state = state
+        if not self.running:
             self.refresh_bindings()
+        elif not self._keys_pending:
+            self._keys_pending = True
+            self.set_timer(self.KEYS_SETTLE, self._settled_keys)
+
+    def _settled_keys(self) -> None:
+        self._keys_pending = False
+        self.refresh_bindings()
 
     # -- hot tokens ----------------------------------------------------------------------------------
 
