@@ -8,7 +8,6 @@ import os
 import platform
 import sys
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
