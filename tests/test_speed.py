@@ -38,6 +38,18 @@ def test_a_dip_above_the_threshold_is_not_a_collapse() -> None:
     assert SLOW_RATIO < 0.6
 
 
+def test_a_nearly_free_step_after_a_pause_does_not_set_the_best_speed() -> None:
+    # with the decode overlapped, the first step after a pause finds its token decoded already: a batch
+    # of that one step alone would look like 500 tok/s and make every later batch look collapsed
+    watch = SpeedWatch(threads=1, cores=2)
+    for _ in range(4):
+        watch.update(10, 0.25)  # 40 tok/s
+    watch.update(1, 0.002)
+    for _ in range(6):
+        assert watch.update(10, 0.25) is None
+    assert watch.best < 60
+
+
 def test_empty_batches_change_nothing() -> None:
     watch = SpeedWatch(threads=1, cores=2)
     assert watch.update(0, 0.1) is None and watch.update(5, 0.0) is None and watch.batches == 0

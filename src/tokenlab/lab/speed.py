@@ -6,6 +6,9 @@ import os
 
 SLOW_RATIO = 1 / 3
 """A speed below this fraction of the best one seen counts as collapsed."""
+MIN_SECONDS = 0.1
+"""Stepping time a speed is measured over at least: shorter batches are added to the next one (the
+first step after a pause can be nearly free, its token decoded in the background meanwhile)."""
 
 
 class SpeedWatch:
@@ -22,11 +25,18 @@ class SpeedWatch:
         self.best = 0.0
         self.batches = 0
         self.hint: str | None = None
+        self._carry = (0, 0.0)
+        """Tokens and seconds of batches too short to measure alone."""
 
     def update(self, tokens: int, seconds: float) -> str | None:
         """Take one batch's tokens and stepping seconds; return the hint (None when the speed is fine)."""
         if tokens <= 0 or seconds <= 0:
             return self.hint
+        tokens, seconds = tokens + self._carry[0], seconds + self._carry[1]
+        if seconds < MIN_SECONDS:
+            self._carry = (tokens, seconds)
+            return self.hint
+        self._carry = (0, 0.0)
         rate = tokens / seconds
         # smoothed over a few batches, so that one slow batch (a key, a redraw) raises no alarm
         self.smoothed = rate if self.smoothed is None else 0.5 * self.smoothed + 0.5 * rate
