@@ -183,3 +183,15 @@ def test_inspect_stages_and_the_catalogue_flags(model_path: Path) -> None:
     assert all("mirostat_mu" in step["sampler_state"] for step in steps)
     assert_one_line_error(tokenlab("inspect", PROMPT, "--preset", "nope"), "nope", "greedy")
     assert_one_line_error(tokenlab("inspect", PROMPT, "--xtc-probability", "2"), "xtc_probability")
+
+
+def test_flash_attention_is_a_flag_and_off_by_default(model_path: Path) -> None:
+    runs = {}
+    for flags in ((), ("--flash-attn",), ("--no-flash-attn",)):
+        result = tokenlab("inspect", PROMPT, "--raw", "--format", "json", *flags)
+        assert result.returncode == 0, result.stderr
+        runs[flags] = json.loads(result.stdout)["candidates"][0]
+    assert runs[()] == runs[("--no-flash-attn",)]
+    assert runs[("--flash-attn",)]["text"] == runs[()]["text"] == " Paris"
+    assert runs[("--flash-attn",)]["prob"] != runs[()]["prob"]  # the fused kernel's rounding, nothing more
+    assert runs[("--flash-attn",)]["prob"] == pytest.approx(runs[()]["prob"], abs=0.02)

@@ -48,6 +48,7 @@ TEXT_VALUES: dict[str, Any] = {
     "ctx_size": 512,
     "threads": 1,
     "gpu_layers": -1,
+    "flash_attn": True,
     "engine": "http://127.0.0.1:9",
     "logprobs": 50,
     "engine_timeout": 5.0,
