@@ -239,3 +239,18 @@ def test_a_steps_json_line_is_its_json_object(engine: Engine) -> None:
         assert "\n" not in line
         assert line == json.dumps(step.to_json(), ensure_ascii=False)
         assert json.loads(line)["id"] == step.id
+
+
+def test_a_decode_left_running_at_exit_is_waited_for(overlapped_engine: Engine) -> None:
+    from tokenlab.engine.llama import _settle_at_exit
+    import weakref
+
+    engine = overlapped_engine
+    engine.reset()
+    prompt = raw_tokens(engine)
+    logits = engine.evaluate(prompt)
+    assert engine.prefetch([*prompt, int(np.argmax(logits))])
+    job = engine._pending[1]
+    engine._pending = None  # as a ^C between queueing the decode and noting it would leave things
+    _settle_at_exit(weakref.ref(engine))  # what the interpreter runs at exit
+    assert job.done.is_set()

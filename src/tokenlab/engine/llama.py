@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +145,7 @@ class _DecodeThread:
 
     def __init__(self) -> None:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._last: _Job | None = None
         self._thread = threading.Thread(target=self._serve, name="tokenlab-decode", daemon=True)
         self._thread.start()
 
@@ -158,12 +161,26 @@ class _DecodeThread:
     def submit(self, call: Callable[[], int]) -> _Job:
         """Queue `call`; the thread starts it at the caller's next release of the GIL (its next numpy
         pass or llama.cpp call), which costs less than waiting here for the thread to take it."""
-        job = _Job(call)
+        job = self._last = _Job(call)
         self._jobs.put(job)
         return job
 
+    def wait(self) -> None:
+        """Until the last job queued has finished (whoever tracks it: a ^C may have cut that short)."""
+        job = self._last
+        if job is not None:
+            job.done.wait()
+
     def stop(self) -> None:
         self._jobs.put(None)
+
+
+def _settle_at_exit(reference: weakref.ref[Engine]) -> None:
+    """Wait for an engine's background decode before the interpreter frees what it decodes into."""
+    engine = reference()
+    background = getattr(engine, "_background", None)
+    if background is not None:
+        background.wait()
 
 
 class Engine:
@@ -397,16 +414,19 @@ class Engine:
         llama._batch.set_batch(batch=[int(tokens[-1])], n_past=position, logits_all=False)
         if self._background is None:
             self._background = _DecodeThread()
+            # a run stopped by ^C leaves its last decode running; let it finish before the context is freed
+            atexit.register(_settle_at_exit, weakref.ref(self))
         decode, context, batch = self._lib.llama_decode, llama.ctx, llama._batch.batch
         self._pending = (tokens, self._background.submit(lambda: decode(context, batch)))
         return True
 
     def _settle(self, *, keep: bool = True) -> None:
         """Wait for a background decode and book it; keep its logits for `evaluate` unless the cache changes."""
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is not None:
             tokens, job = pending
             job.done.wait()
+            self._pending = None  # only now: a ^C during the wait leaves the decode tracked
             llama = self._llama
             position = len(tokens) - 1
             if job.error is None and job.value == 0:
@@ -548,12 +568,21 @@ class Engine:
         self._llama._ctx.kv_cache_seq_rm(-1, 0, -1)
         self._tokens = []
 
+    def __del__(self) -> None:
+        # a run stopped by ^C drops the engine with its last decode still running: the context must
+        # outlive it (the llama_cpp.Llama is freed right after this, with the engine's attributes)
+        background = getattr(self, "_background", None)
+        if background is not None:
+            background.wait()
+            background.stop()
+
     def close(self) -> None:
         """Free the model and context."""
         if getattr(self, "_pending", None) is not None:
             self._settle(keep=False)
         background = getattr(self, "_background", None)
         if background is not None:
+            background.wait()
             background.stop()
             self._background = None
         llama = getattr(self, "_llama", None)
