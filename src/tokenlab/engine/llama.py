@@ -80,7 +80,7 @@ class EngineOptions:
     flash_attention: bool | None = False
     """Flash attention: off (llama_cpp.Llama's default), on, or None for llama.cpp's own choice (AUTO:
     on where the device supports it). Off by default: on a CPU it decodes this project's default model
-    7-14% faster, but a token's probability then depends on the context size and how the text was
+    7-17% faster, but a token's probability then depends on the context size and how the text was
     batched (up to 0.05 apart when scoring a text with 32 and 1,024 cells), where without it the
     numbers agree to the last bit."""
 
@@ -178,9 +178,8 @@ class _DecodeThread:
 def _settle_at_exit(reference: weakref.ref[Engine]) -> None:
     """Wait for an engine's background decode before the interpreter frees what it decodes into."""
     engine = reference()
-    background = getattr(engine, "_background", None)
-    if background is not None:
-        background.wait()
+    if engine is not None:
+        engine._stop_background()
 
 
 class Engine:
@@ -284,11 +283,6 @@ class Engine:
         """Tokens the KV cache holds, position by position (after any background decode)."""
         self._settle()
         return self._tokens
-
-    @tokens.setter
-    def tokens(self, value: list[int]) -> None:
-        self._settle(keep=False)
-        self._tokens = value
 
     @property
     def vocab(self):  # noqa: ANN201 - llama.cpp's llama_vocab pointer (the grammar sampler needs it)
@@ -568,23 +562,24 @@ class Engine:
         self._llama._ctx.kv_cache_seq_rm(-1, 0, -1)
         self._tokens = []
 
-    def __del__(self) -> None:
-        # a run stopped by ^C drops the engine with its last decode still running: the context must
-        # outlive it (the llama_cpp.Llama is freed right after this, with the engine's attributes)
-        background = getattr(self, "_background", None)
-        if background is not None:
-            background.wait()
-            background.stop()
-
-    def close(self) -> None:
-        """Free the model and context."""
-        if getattr(self, "_pending", None) is not None:
-            self._settle(keep=False)
+    def _stop_background(self) -> None:
+        """Let the background decode thread finish what it runs (tracked or not), then end it."""
         background = getattr(self, "_background", None)
         if background is not None:
             background.wait()
             background.stop()
             self._background = None
+
+    def __del__(self) -> None:
+        # a run stopped by ^C drops the engine with its last decode still running: the context must
+        # outlive it (the llama_cpp.Llama is freed right after this, with the engine's attributes)
+        self._stop_background()
+
+    def close(self) -> None:
+        """Free the model and context."""
+        if getattr(self, "_pending", None) is not None:
+            self._settle(keep=False)
+        self._stop_background()
         llama = getattr(self, "_llama", None)
         if llama is not None:
             llama.close()

@@ -273,11 +273,7 @@ class Frontier:
                 ids.append(int(token_id))
         id_array = np.asarray(ids, dtype=np.int64)
         raw_probs = self.raw.probs(id_array).tolist()
-        lookup = self.result.final_lookup
-        if lookup is not None:
-            final_probs = [lookup.get(token_id, 0.0) for token_id in ids]
-        else:
-            final_probs = self.result.probs_of(id_array).tolist()
+        final_probs = self.result.probs_of(id_array).tolist()
         removed = self.result.removed_by_many(id_array)
         logits = self.logits[id_array].tolist()
         return tuple(

@@ -27,7 +27,6 @@ step.  Nothing is kept between runs, so a rewound or branched generation just re
 from __future__ import annotations
 
 import math
-
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
@@ -331,6 +330,9 @@ class PipelineResult:
         ids = np.asarray(ids, dtype=np.int64)
         for token_id in ids[(ids < 0) | (ids >= self.n_vocab)][:1]:
             self._check_id(int(token_id))
+        lookup = self.final_lookup if ids.shape[0] <= _FEW_IDS else None
+        if lookup is not None:
+            return np.array([lookup.get(token_id, 0.0) for token_id in ids.tolist()], dtype=np.float64)
         if self.final.ids is None:
             dense: np.ndarray = self._dense_final[ids]
             return dense
