@@ -472,12 +472,25 @@ def bench_pipeline(n_vocab: int, iterations: int) -> None:
             pipeline.run(logits, history, rng=draw_rng, step_index=index % 100).draw(draw_rng)
             times.append(time.perf_counter() - started)
         print(f"  {label:40s} {statistics.median(times) * 1e3:7.3f} ms   (p90 {np.percentile(times, 90) * 1e3:.3f})")
-    times = []
-    for _ in range(iterations):
-        started = time.perf_counter()
-        raw_stats(logits)
-        times.append(time.perf_counter() - started)
-    print(f"  {'raw_stats (softmax norm, entropy)':40s} {statistics.median(times) * 1e3:7.3f} ms")
+    from tokenlab.engine import kernels
+    from tokenlab.sampling import stats
+
+    kernel = stats.exp_sum_kernel() if kernels.install() else None
+    sides = {"raw_stats, numpy's exp": None}
+    if kernel is not None:
+        sides["raw_stats, llama.cpp's exp (in use)"] = kernel
+    else:
+        print("  (llama.cpp's vectorised exp was not found in this build: numpy's is in use)")
+    times_of: dict[str, list[float]] = {label: [] for label in sides}
+    for _ in range(iterations):  # interleaved, so that both sides see the same machine
+        for label, side in sides.items():
+            stats.use_exp_sum(side)
+            started = time.perf_counter()
+            raw_stats(logits)
+            times_of[label].append(time.perf_counter() - started)
+    stats.use_exp_sum(kernel)
+    for label, times in times_of.items():
+        print(f"  {label:40s} {statistics.median(times) * 1e3:7.3f} ms")
     times = []
     for _ in range(iterations):
         started = time.perf_counter()

@@ -131,7 +131,8 @@ def test_doctor_json_has_every_field(model_path: Path) -> None:
     assert report["packages"]["llama-cpp-python"] == "0.3.36"
     assert report["cpu"]["usable_cores"] >= 1 and report["threads"]["default"] >= 1
     llama = report["llama_cpp"]
-    assert set(llama) >= {"system_info", "backends", "features", "gpu_offload", "amx_in_build"}
+    assert set(llama) >= {"system_info", "backends", "features", "gpu_offload", "amx_in_build", "ggml_exp_kernel"}
+    assert llama["ggml_exp_kernel"] is True  # llama.cpp's vectorised exp serves the raw statistics
     assert "CPU" in llama["backends"] and llama["amx_in_build"] is False
     default = next(row for row in report["models"]["catalogue"] if row["name"] == "smollm2-135m")
     assert default["pulled"] and default["sha256_ok"] is True

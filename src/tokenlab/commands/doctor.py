@@ -57,6 +57,13 @@ def _models_report() -> dict[str, Any]:
     return {"directory": str(directory), "catalogue": entries, "other_gguf_files": others, "swept": swept}
 
 
+def _ggml_exp_kernel() -> bool:
+    """Whether llama.cpp's vectorised exp was found and agrees with numpy (tokenlab.engine.kernels)."""
+    from tokenlab.engine.kernels import load_ggml_exp_sum
+
+    return load_ggml_exp_sum() is not None
+
+
 def collect(*, check: bool = True) -> dict[str, Any]:
     """Everything the doctor reports, as JSON-ready data, with a one-line verdict."""
     from tokenlab.engine.models import DEFAULT_MODEL, catalogue_path
@@ -88,6 +95,7 @@ def collect(*, check: bool = True) -> dict[str, Any]:
             "gpu_offload": info.gpu_offload,
             "amx_in_build": info.has_amx,
             "extra_buffer_types": not info.has_amx,
+            "ggml_exp_kernel": _ggml_exp_kernel(),
         }
     report["models"] = _models_report()
     report["environment"] = {name: os.environ.get(name) for name in _ENVIRONMENT}
@@ -141,6 +149,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         enabled = [name for name, value in llama["features"].items() if value not in ("0", "")]
         table.add_row("build features", " ".join(enabled))
         table.add_row("gpu offload", "yes" if llama["gpu_offload"] else "no (CPU build)")
+        table.add_row("raw statistics", "llama.cpp's vectorised exp" if llama["ggml_exp_kernel"]
+                      else "numpy's exp (llama.cpp's kernel was not found in this build)")
         if llama["amx_in_build"]:
             table.add_row("amx", "[yellow]this build holds AMX code: tokenlab keeps llama.cpp's extra buffer "
                                  "types off so it never runs (rebuild with ./scripts/setup for a portable build)[/]")

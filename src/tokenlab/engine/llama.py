@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenlab.engine import kernels
 from tokenlab.engine.system import BuildInfo, build_info, cpu_info, flash_attention, without_extra_buffer_types
 from tokenlab.engine.text import escape_piece
 from tokenlab.errors import TokenlabError
@@ -233,6 +234,7 @@ class Engine:
                 "(is it a complete GGUF file of a supported architecture?)"
             ) from None
         self._lib = llama_cpp
+        kernels.install()  # llama.cpp's vectorised exp for the raw statistics of every step
         self._vocab = self._llama._model.vocab
         self.n_vocab: int = int(self._llama.n_vocab())
         # llama.cpp may round the context up; the Llama wrapper's buffers have the size we asked for

@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
 from tokenlab.sampling.candidates import as_row, top_k_dense
 
 _SCRATCH = threading.local()
+
+ExpSum = Callable[[np.ndarray, float, np.ndarray], float]
+"""`exp_sum(row, shift, out)`: writes exp(row - shift) into `out` (float32 arrays, C-contiguous, one
+length) and returns its float64 sum; each value must not depend on where it sits in the row."""
+
+_EXP_SUM: ExpSum | None = None
+
+KERNEL_MIN_SIZE = 4096
+"""Rows shorter than this stay with numpy, whose call costs less than a foreign one there."""
+
+
+def use_exp_sum(kernel: ExpSum | None) -> None:
+    """Have float32 rows of KERNEL_MIN_SIZE values or more exponentiated by `kernel` (None: numpy again).
+
+    numpy's float32 exp has no SIMD path on CPUs without AVX-512; the engine lends llama.cpp's vectorised
+    one (tokenlab.engine.kernels), so that this package itself needs nothing but numpy.
+    """
+    global _EXP_SUM
+    _EXP_SUM = kernel
+
+
+def exp_sum_kernel() -> ExpSum | None:
+    """The kernel `use_exp_sum` set, if any."""
+    return _EXP_SUM
 
 
 def _scratch(size: int, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarray]:
@@ -18,11 +43,11 @@ def _scratch(size: int, dtype: type = np.float64) -> tuple[np.ndarray, np.ndarra
     Fresh multi-megabyte arrays cost page faults on every call (on a busy 2-core VM ~2 ms against
     ~0.4 ms for the arithmetic), so raw_stats keeps its buffers per thread.
     """
-    key = f"buffers_{np.dtype(dtype).name}"
-    buffers: tuple[np.ndarray, np.ndarray] | None = getattr(_SCRATCH, key, None)
+    # keyed by the type itself: np.dtype(...).name costs ~10 µs a call
+    buffers: tuple[np.ndarray, np.ndarray] | None = _SCRATCH.__dict__.get(dtype)
     if buffers is None or buffers[0].shape[0] < size:
         buffers = (np.empty(size, dtype=dtype), np.empty(size, dtype=dtype))
-        setattr(_SCRATCH, key, buffers)
+        _SCRATCH.__dict__[dtype] = buffers
     return buffers[0][:size], buffers[1][:size]
 
 
@@ -39,6 +64,7 @@ class RawStats:
     __slots__ = (
         "_argmax",
         "_exp32",
+        "_kernel",
         "_log_total",
         "_total",
         "_n_inf",
@@ -57,6 +83,7 @@ class RawStats:
         self._log_total = 0.0
         self._total = 1.0
         self._exp32 = False
+        self._kernel: ExpSum | None = None
         top = float(row.max())
         if math.isnan(top):
             row = np.where(np.isnan(row), -np.inf, row)
@@ -75,7 +102,15 @@ class RawStats:
             # its logits carry ~1e-7 relative rounding already, float64 exp costs 3x on CPUs without
             # AVX-512, and llama.cpp's own softmax is float32. A float64 row is done in float64 throughout.
             self._exp32 = row.dtype == np.float32
-            if self._exp32:
+            kernel = _EXP_SUM
+            if self._exp32 and kernel is not None and self.n_vocab >= KERNEL_MIN_SIZE and row.flags.c_contiguous:
+                self._kernel = kernel
+                _, weights32 = _scratch(self.n_vocab, np.float32)
+                kernel(row, top, weights32)
+                shifted, weights = _scratch(self.n_vocab)
+                np.subtract(row, top, out=shifted, dtype=np.float64)
+                np.copyto(weights, weights32)
+            elif self._exp32:
                 shifted32, weights32 = _scratch(self.n_vocab, np.float32)
                 np.subtract(row, np.float32(top), out=shifted32)
                 np.exp(shifted32, out=weights32)
@@ -131,6 +166,10 @@ class RawStats:
             return shared
         if self.max_logit == -math.inf:
             return np.full(ids.shape[0], 1.0 / self.n_vocab)
+        if self._kernel is not None:  # the same kernel: the very weights the normaliser summed
+            weights32 = np.empty(ids.shape[0], dtype=np.float32)
+            self._kernel(np.ascontiguousarray(self._row[ids]), self.max_logit, weights32)
+            return weights32.astype(np.float64) / self._total
         if self._exp32:  # the very weights the normaliser summed, so the probabilities sum to 1
             weights = np.exp(self._row[ids] - np.float32(self.max_logit))
             return weights.astype(np.float64) / self._total
