@@ -203,3 +203,37 @@ def test_each_lab_autosaves_to_its_own_slot_and_restore_takes_the_newest(tmp_pat
     assert len(autosaves()) == 2
     prune_autosaves(keep=1)
     assert autosaves() == [autosave_path(second)]
+
+
+def test_a_session_keeps_its_model_and_attention_and_older_files_still_load(engine: Engine, tmp_path) -> None:
+    from tokenlab.commands.lab import adopt_session
+    from tokenlab.commands.options import RunOptions, engine_options_from
+
+    session = make_session(engine)
+    session.model_path = str(engine.model_path)
+    session.flash_attention = True
+    loaded = load(save(session, tmp_path / "s.json"))
+    assert loaded.flash_attention is True and loaded.model_path == str(engine.model_path)
+
+    opts = RunOptions()  # no --model, no --flash-attn: the session's own
+    adopt_session(opts, loaded)
+    assert opts.model == str(engine.model_path) and opts.flash_attn is True and opts.chat is False
+    assert engine_options_from(opts).flash_attention is True
+    chosen = RunOptions(model="smollm2-135m", flash_attn=False)  # flags win
+    adopt_session(chosen, loaded)
+    assert chosen.model == "smollm2-135m" and chosen.flash_attn is False
+    assert engine_options_from(RunOptions()).flash_attention is False  # not given: off, never llama.cpp's auto
+
+    moved = Session(prompt=PROMPT, model_path=str(tmp_path / "gone.gguf"))
+    kept = RunOptions()
+    adopt_session(kept, moved)
+    assert kept.model is None  # a model file that is gone: the default model, and the lab says so
+
+    older = json.loads((tmp_path / "s.json").read_text(encoding="utf-8"))
+    del older["flash_attn"]  # written before sessions recorded it
+    (tmp_path / "older.json").write_text(json.dumps(older), encoding="utf-8")
+    assert load(tmp_path / "older.json").flash_attention is False
+    older["flash_attn"] = "yes"
+    (tmp_path / "bad.json").write_text(json.dumps(older), encoding="utf-8")
+    with pytest.raises(SessionError, match="flash_attn"):
+        load(tmp_path / "bad.json")

@@ -57,13 +57,25 @@ def lab(
         except SessionError as exc:
             raise UserError(str(exc)) from None
         prompt = session.prompt
-        opts.chat = session.chat
+        adopt_session(opts, session)
     if prompt == "-":
         prompt = read_prompt(prompt)
         keyboard_from_terminal()
     run_lab(prompt if prompt is not None else DEFAULT_LAB_PROMPT, opts, paused=paused or session is not None,
             session=session, save_path=str(save) if save is not None else (str(load) if load is not None else None),
             files_dir=files_dir)
+
+
+def adopt_session(opts: RunOptions, session: Any) -> None:
+    """Run a loaded session as it was made: its chat mode, and (unless --model, --flash-attn or --engine say
+    otherwise) the model file and attention its steps were recorded with, where that file is still there."""
+    opts.chat = session.chat
+    if opts.engine is not None:
+        return
+    if opts.model is None and session.model_path and Path(session.model_path).is_file():
+        opts.model = session.model_path
+    if opts.flash_attn is None:
+        opts.flash_attn = session.flash_attention
 
 
 def keyboard_from_terminal() -> None:
@@ -142,6 +154,9 @@ def run_lab(prompt: str, opts: RunOptions, *, paused: bool = False, session: Any
 
         if autosave_path().exists():
             app.startup_note = "your last session was autosaved: tokenlab lab --restore brings it back"
+    elif path is not None and session.model_path and Path(session.model_path).name != path.name:
+        app.startup_note = (f"this session was made with {session.model or Path(session.model_path).name}; "
+                            f"it is shown with {path.name}, which makes any new steps (--model chooses)")
     run_app(app)
 
 

@@ -46,7 +46,7 @@ _RUN_OPTIONS: tuple[SharedOption, ...] = (
     SharedOption("ctx_size", int, 2048, typer.Option("--ctx-size", "-c", help="Context size in tokens.", rich_help_panel="Model")),
     SharedOption("threads", Optional[int], None, typer.Option("--threads", "-t", help="CPU threads. Default: all cores.", rich_help_panel="Model")),
     SharedOption("gpu_layers", int, 0, typer.Option("--gpu-layers", "-ngl", help="Layers to offload to the GPU (Metal/CUDA builds); -1 for all.", rich_help_panel="Model")),
-    SharedOption("flash_attn", bool, False, typer.Option("--flash-attn/--no-flash-attn", help="llama.cpp's fused attention: faster (7-17% on a CPU for the default model), but a token's probability then depends a little on the context size and on how the text was batched. Default: off, so every number agrees to the last bit.", show_default=False, rich_help_panel="Model")),
+    SharedOption("flash_attn", Optional[bool], None, typer.Option("--flash-attn/--no-flash-attn", help="llama.cpp's fused attention: faster (7-17% on a CPU for the default model), but a token's probability then depends a little on the context size and on how the text was batched. Default: off, so every number agrees to the last bit (a loaded session keeps the setting it was made with).", show_default=False, rich_help_panel="Model")),
     SharedOption("engine", Optional[str], None, typer.Option("--engine", help="URL of an OpenAI-compatible server (llama-server, vLLM, llama_cpp.server) to use instead of a local model, e.g. http://gpu-box:8080; --model then names the server's model. Each step is the server's top --logprobs candidates plus the mass of the rest.", rich_help_panel="Model")),
     SharedOption("logprobs", int, 20, typer.Option("--logprobs", help="With --engine: candidates asked per step (the server's top K; 1..1000).", rich_help_panel="Model")),
     SharedOption("engine_timeout", float, 60.0, typer.Option("--engine-timeout", help="With --engine: seconds to wait for one answer before retrying (twice) and giving up.", rich_help_panel="Model")),
@@ -344,7 +344,7 @@ def engine_options_from(opts: RunOptions) -> Any:
 
     try:
         return EngineOptions(n_ctx=opts.ctx_size, n_threads=opts.threads, n_gpu_layers=opts.gpu_layers,
-                             flash_attention=opts.flash_attn)
+                             flash_attention=bool(opts.flash_attn))  # None (not given): off
     except ValueError as exc:
         name, _, rest = str(exc).partition(" ")
         raise UserError(f"--{name.replace('_', '-')} {rest}") from None

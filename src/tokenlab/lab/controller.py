@@ -617,6 +617,7 @@ class LabController:
             prompt=self.settings.prompt, params=self.settings.params, chat=self.settings.chat,
             model=self.engine.name if self.engine is not None else "",
             model_path=str(getattr(self.engine, "model_path", "")),
+            flash_attention=bool(getattr(getattr(self.engine, "options", None), "flash_attention", False)),
             seed=generation.seed if generation is not None else self.settings.seed,
             max_tokens=self.settings.max_tokens, tree=self.tree,
             current=tuple(step.id for step in generation.steps) if generation is not None else (),

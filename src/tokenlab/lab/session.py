@@ -39,6 +39,8 @@ class Session:
     model: str = ""
     """The model's name (and where it was loaded from, for information)."""
     model_path: str = ""
+    flash_attention: bool = False
+    """Whether the model ran with llama.cpp's fused attention (its probabilities differ a little)."""
     seed: int = 0
     max_tokens: int = 256
     tree: GenerationTree = field(default_factory=GenerationTree)
@@ -54,6 +56,7 @@ class Session:
             "chat": self.chat,
             "model": self.model,
             "model_path": self.model_path,
+            "flash_attn": self.flash_attention,
             "seed": self.seed,
             "max_tokens": self.max_tokens,
             "params": self.params.to_dict(),
@@ -91,6 +94,7 @@ class Session:
                 chat=chat,
                 model=_checked(data, "model", str),
                 model_path=_checked(data, "model_path", str),
+                flash_attention=_checked(data, "flash_attn", bool) if "flash_attn" in data else False,
                 seed=_integer(data, "seed", low=0, high=2**63 - 1),
                 max_tokens=_integer(data, "max_tokens", low=1),
                 tree=tree,
