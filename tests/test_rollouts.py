@@ -349,3 +349,20 @@ def test_print_rollouts_jsonl(small_result: RolloutResult) -> None:
     assert {"text", "ids", "count", "frequency", "prob", "logprob", "eog"} <= set(continuations[0])
     with pytest.raises(ValueError, match="output format"):
         print_rollouts(small_result, Console(file=io.StringIO()), "xml")
+
+
+@pytest.mark.parametrize("width", [74, 94, 120])  # the lab's dialog at 100 and 150 columns, and a terminal
+def test_the_check_table_keeps_every_number_whole_at_the_labs_widths(small_result: RolloutResult, width: int) -> None:
+    from tokenlab.render import FittedCheckTable
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None).print(FittedCheckTable(small_result.check))
+    text = buffer.getvalue()
+    assert "…" not in text, text  # no header or probability cut short
+    assert max(len(line) for line in text.splitlines()) <= width
+    row = small_result.check.rows[0]
+    full = "residual" in text  # the full table, or the compact one ("resid.") where it does not fit
+    assert full or "resid." in text
+    if width != 94:  # 94 columns hold the full table for short tokens only
+        assert full == (width == 120)
+    assert f"{row.predicted:.{4 if full else 3}f}" in text and f"'{row.text}'" in text

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich import box
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -346,28 +348,31 @@ def _token_cell(text: str) -> Text:
     return Text(f"'{visible(text)}'")
 
 
-def check_table(check: EmpiricalCheck, *, max_rows: int = MAX_CHECK_ROWS) -> Table:
-    """The first token's candidates: raw and predicted probability, expected and observed counts."""
+def check_table(check: EmpiricalCheck, *, max_rows: int = MAX_CHECK_ROWS, compact: bool = False) -> Table:
+    """The first token's candidates: raw and predicted probability, expected and observed counts.
+
+    `compact`: no id column, short headers, three decimals and a shorter bar (a 100-column terminal's dialog).
+    """
     table = Table(
         title=f"empirical check · first token, observed vs predicted (n = {check.n})",
         title_justify="left", box=box.SIMPLE_HEAD, expand=False,
     )
     table.add_column("token")
-    table.add_column("id", justify="right", style="dim")
-    table.add_column("raw p", justify="right")
-    table.add_column("predicted", justify="right")
-    table.add_column("observed", justify="right")
-    table.add_column("exp. n", justify="right")
-    table.add_column("obs. n", justify="right")
-    table.add_column("residual", justify="right")
-    table.add_column("", min_width=10)
+    if not compact:
+        table.add_column("id", justify="right", style="dim")
+    for header, short in (("raw p", "raw"), ("predicted", "pred."), ("observed", "obs."), ("exp. n", "exp n"),
+                          ("obs. n", "obs n"), ("residual", "resid.")):
+        table.add_column(short if compact else header, justify="right")
+    bar_width = 5 if compact else 10
+    table.add_column("", min_width=bar_width)
+    digits = 3 if compact else 4
     for row in check.rows[:max_rows]:
         impossible = row.expected == 0 and row.observed > 0
         residual = (row.observed - row.expected) / math.sqrt(row.expected) if row.expected > 0 else math.inf
-        bar = Text("█" * round(row.predicted * 10), style=heat_color(prob_heat(row.predicted)))
+        bar = Text("█" * round(row.predicted * bar_width), style=heat_color(prob_heat(row.predicted)))
         table.add_row(
-            _token_cell(row.text), str(row.id), f"{row.raw_prob:.4f}", f"{row.predicted:.4f}",
-            f"{row.frequency:.4f}", f"{row.expected:.1f}", str(row.observed),
+            _token_cell(row.text), *(() if compact else (str(row.id),)), f"{row.raw_prob:.{digits}f}",
+            f"{row.predicted:.{digits}f}", f"{row.frequency:.{digits}f}", f"{row.expected:.1f}", str(row.observed),
             "∞" if impossible else f"{residual:+.2f}", bar, style="bold red" if impossible else "",
         )
     hidden = check.rows[max_rows:]
@@ -376,10 +381,27 @@ def check_table(check: EmpiricalCheck, *, max_rows: int = MAX_CHECK_ROWS) -> Tab
     if rest_expected > 0 or rest_observed:
         n = max(check.n, 1)
         table.add_row(
-            Text("(all others)", style="dim"), "", "", f"{rest_expected / n:.4f}",
-            f"{rest_observed / n:.4f}", f"{rest_expected:.1f}", str(rest_observed), "", "", style="dim",
+            Text("(all others)", style="dim"), *(() if compact else ("",)), "", f"{rest_expected / n:.{digits}f}",
+            f"{rest_observed / n:.{digits}f}", f"{rest_expected:.1f}", str(rest_observed), "", "", style="dim",
         )
     return table
+
+
+class FittedCheckTable:
+    """check_table at whatever width it is drawn: the full table where it fits, else the compact one
+    (re-decided on every render, so a dialog that is resized keeps every number whole)."""
+
+    def __init__(self, check: EmpiricalCheck, *, max_rows: int = MAX_CHECK_ROWS) -> None:
+        self.check = check
+        self.max_rows = max_rows
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        full = check_table(self.check, max_rows=self.max_rows)
+        natural = Measurement.get(console, options.update_width(10_000), full).maximum  # unclamped
+        if natural <= options.max_width:
+            yield full
+        else:
+            yield check_table(self.check, max_rows=self.max_rows, compact=True)
 
 
 def check_verdict(check: EmpiricalCheck) -> Text:

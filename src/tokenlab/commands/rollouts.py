@@ -21,7 +21,7 @@ from tokenlab.commands.common import OutputFormat, err_console
 from tokenlab.commands.options import RunOptions, distribution_json, prepare_run, with_run_options
 from tokenlab.errors import UserError
 from tokenlab.lab.rollouts import RolloutResult
-from tokenlab.render import check_table, check_verdict, continuations_table, headline
+from tokenlab.render import FittedCheckTable, check_verdict, continuations_table, headline
 
 
 class RolloutsFormat(str, Enum):
@@ -54,7 +54,7 @@ def print_rollouts(
     if kind != RolloutsFormat.text.value:
         raise ValueError(f"output format must be 'text' or 'jsonl', got {output_format!r}")
     console.print(headline(result))
-    console.print(check_table(result.check))
+    console.print(FittedCheckTable(result.check))
     console.print(check_verdict(result.check))
     console.print(continuations_table(result))
 

@@ -388,13 +388,13 @@ class RolloutScreen(ModalScreen[None]):
         self.result = result
 
     def compose(self) -> ComposeResult:
-        from tokenlab.render import check_table, check_verdict, continuations_table, headline
+        from tokenlab.render import FittedCheckTable, check_verdict, continuations_table, headline
 
         result = self.result
         with VerticalScroll(id="rollout-box", classes="dialog"):
             yield Label(f"[b]Rollouts from step {self._index}[/b] — in the tree now (b) · escape closes"
                         + (" · cancelled" if result.cancelled else ""))  # type: ignore[attr-defined]
             yield Static(headline(result))  # type: ignore[arg-type]
-            yield Static(check_table(result.check))  # type: ignore[attr-defined]
+            yield Static(FittedCheckTable(result.check))  # type: ignore[attr-defined]
             yield Static(check_verdict(result.check))  # type: ignore[attr-defined]
             yield Static(continuations_table(result))  # type: ignore[arg-type]
