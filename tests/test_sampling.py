@@ -252,6 +252,33 @@ def test_top_p_on_a_large_flat_row_sorts_beyond_the_first_256() -> None:
     assert survivors(result) == list(range(expected_count))
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_top_p_on_flat_rows_keeps_exactly_the_full_sorts_prefix(seed: int) -> None:
+    """The nucleus of a flat row is found without ranking the whole row (running sums of the values,
+    then only the kept ids ranked): the same tokens, in the same order, as ranking everything first."""
+    from tokenlab.sampling.candidates import Candidates, sort_dense
+    from tokenlab.sampling.stages import TopP
+
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(2_000, 40_000))
+    row = (rng.standard_normal(size) * rng.uniform(0.2, 3.0)).astype(np.float32)
+    if seed % 3 == 0:
+        row = np.round(row * 8) / 8  # many exact ties, at the cut too
+    if seed % 4 == 1:
+        row[rng.choice(size, size // 10, replace=False)] = -np.inf
+    top_p = float(rng.choice([0.5, 0.9, 0.95, 0.99, 0.999]))
+    min_keep = int(rng.choice([1, 1, 300, 5_000]))
+    stage = TopP(top_p, min_keep=min_keep)
+    kept = stage._cut(Candidates.dense(row))
+
+    ids, values = sort_dense(row)  # the reference: rank every alive token, then cut
+    cumulative = np.cumsum(softmax(list(row.astype(np.float64)))[ids])
+    count = max(int(np.searchsorted(cumulative, top_p, side="left")) + 1, min_keep)
+    assert kept.ids is not None
+    np.testing.assert_array_equal(kept.ids, ids[:count])
+    np.testing.assert_array_equal(kept.logits, values[:count])
+
+
 # -- min_p -----------------------------------------------------------------------------------------
 
 
@@ -710,3 +737,27 @@ def test_default_chain_works_on_survivors_after_top_k() -> None:
     ) in result.stages:  # from top_k on, every stage holds only the survivors, never the full row
         assert stage.kept_ids is not None and stage.kept_ids.shape[0] <= 40
     assert result.final_ids.shape[0] <= 40
+
+
+def test_the_keyed_rank_order_is_lexsorts() -> None:
+    """rank_order packs float32 values and ids into int64 keys for long rows: the same order as lexsort,
+    with negative values, both zeros, infinities and ties among them."""
+    from tokenlab.sampling.candidates import rank_order, top_k_dense
+
+    rng = np.random.default_rng(5)
+    values = np.round(rng.standard_normal(9_000) * 4, 1).astype(np.float32)  # many ties
+    values[::97] = 0.0
+    values[5::97] = -0.0
+    values[7::389] = np.inf
+    values[11::211] = -3.4028235e38
+    ids = np.sort(rng.choice(262_144, values.shape[0], replace=False))
+    expected = np.lexsort((ids, -values.astype(np.float64)))
+    np.testing.assert_array_equal(rank_order(ids, values, 262_144), expected)
+    short = np.lexsort((ids[:100], -values[:100].astype(np.float64)))  # lexsort itself below the key size
+    np.testing.assert_array_equal(rank_order(ids[:100], values[:100], 262_144), short)
+    row = np.full(262_144, -np.inf, dtype=np.float32)
+    row[ids] = values
+    top_ids, top_values = top_k_dense(row, 5_000)
+    np.testing.assert_array_equal(top_ids, ids[expected][:5_000])
+    assert top_values.dtype == np.float64
+    np.testing.assert_array_equal(top_values, values[expected][:5_000].astype(np.float64))

@@ -294,26 +294,47 @@ def top_k_dense(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     if k <= 0:
         return _EMPTY_IDS.copy(), _EMPTY_VALUES.copy()
     stride = min(_MAX_STRIDE, size // (4 * k))
+    ids: np.ndarray | None = None  # None: every position of the row, in order
+    values = row
     if stride >= _MIN_STRIDE:
         sample = row[::stride]
         threshold = np.partition(sample, sample.shape[0] - k)[sample.shape[0] - k]
         ids = np.flatnonzero(row >= threshold)
-    else:
-        ids = np.arange(size, dtype=np.int64)
-    values = row[ids]
-    if ids.shape[0] > k:
-        kth = np.partition(values, ids.shape[0] - k)[ids.shape[0] - k]
+        values = row[ids]
+    if values.shape[0] > k:
+        kth = np.partition(values, values.shape[0] - k)[values.shape[0] - k]
         above = np.flatnonzero(values > kth)
         # ids ascend, so taking the first tied entries gives the lowest tied ids
         tied = np.flatnonzero(values == kth)[: k - above.shape[0]]
         picked = np.concatenate((above, tied))
-        ids, values = ids[picked], values[picked]
-    values = values.astype(np.float64)
+        ids, values = (picked if ids is None else ids[picked]), values[picked]
+    elif ids is None:
+        ids = np.arange(size, dtype=np.int64)
     alive = values > -np.inf
     if not alive.all():
         ids, values = ids[alive], values[alive]
-    order = np.lexsort((ids, -values))
-    return ids[order].astype(np.int64), values[order]
+    order = rank_order(ids, values, size)
+    return ids[order].astype(np.int64), values[order].astype(np.float64)
+
+
+_KEYED_RANK_MIN = 2_048
+"""Below this many entries lexsort is as fast as building the keys."""
+
+
+def rank_order(ids: np.ndarray, values: np.ndarray, n_vocab: int) -> np.ndarray:
+    """Positions that order (ids, values) by descending value, ties by ascending id: lexsort((ids, -values)).
+
+    For many float32 values, each (value, id) pair is packed into one int64 key instead (the float's
+    bits mapped to an order-preserving integer, the id below them): the keys are unique, so an unstable
+    sort gives the same order, about twice as fast as lexsort on 37,000 entries.
+    """
+    if values.dtype != np.float32 or values.shape[0] < _KEYED_RANK_MIN:
+        return np.lexsort((ids, -values.astype(np.float64)))
+    negated = -values + np.float32(0.0)  # -0.0 and 0.0 become one key, as they compare equal
+    bits = negated.view(np.int32).astype(np.int64)
+    bits = np.where(bits < 0, bits ^ 0x7FFF_FFFF, bits)  # negative floats: larger bits, smaller value
+    keys = (bits << max(1, int(n_vocab - 1).bit_length())) | ids
+    return np.argsort(keys)
 
 
 def sort_dense(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -404,9 +404,30 @@ class TopP(Stage):
             return cut
         if partial.count() >= candidates.count():
             return partial  # every alive token, and still short of p: keep them all
-        ranked = candidates.sorted_sparse()
-        cut = self._prefix(ranked, dense_probs[ranked.ids])
-        return ranked if cut is None else cut
+        keep = self._keep_count(dense_probs, partial.count())
+        if keep is not None and keep < candidates.count():
+            return candidates.top(keep)
+        return candidates.sorted_sparse()  # rounding kept the mass short of p: every alive token
+
+    def _keep_count(self, probs: np.ndarray, start: int) -> int | None:
+        """How many ranked tokens the nucleus keeps, without ranking the row by id.
+
+        The ranked row's probabilities are the row's largest values in non-increasing order, so their
+        running sums are the running sums of the values sorted alone. Those are taken over the
+        largest k values only (a partition, then a sort of k values), k doubling from `start` until
+        the sums reach p. A full argsort of a flat 262,144-token row cost ~40 ms.
+        """
+        size = probs.shape[0]
+        k = start
+        while True:
+            k = min(size, 4 * k)
+            largest = np.sort(np.partition(probs, size - k)[size - k:] if k < size else probs)[::-1]
+            cumulative = np.cumsum(largest)
+            first = int(np.searchsorted(cumulative, self.p, side="left"))  # first cum >= p
+            if first < k:
+                return max(first + 1, self.min_keep)
+            if k == size:
+                return None
 
     def describe(self) -> dict[str, object]:
         return {"p": self.p, "min_keep": self.min_keep}
