@@ -256,7 +256,7 @@ def test_top_p_on_a_large_flat_row_sorts_beyond_the_first_256() -> None:
 def test_top_p_on_flat_rows_keeps_exactly_the_full_sorts_prefix(seed: int) -> None:
     """The nucleus of a flat row is found without ranking the whole row (running sums of the values,
     then only the kept ids ranked): the same tokens, in the same order, as ranking everything first."""
-    from tokenlab.sampling.candidates import Candidates, sort_dense
+    from tokenlab.sampling.candidates import Candidates
     from tokenlab.sampling.stages import TopP
 
     rng = np.random.default_rng(seed)
@@ -271,7 +271,9 @@ def test_top_p_on_flat_rows_keeps_exactly_the_full_sorts_prefix(seed: int) -> No
     stage = TopP(top_p, min_keep=min_keep)
     kept = stage._cut(Candidates.dense(row))
 
-    ids, values = sort_dense(row)  # the reference: rank every alive token, then cut
+    alive = np.flatnonzero(row > -np.inf)  # the reference: rank every alive token (lexsort), then cut
+    order = np.lexsort((alive, -row[alive].astype(np.float64)))
+    ids, values = alive[order], row[alive][order].astype(np.float64)
     cumulative = np.cumsum(softmax(list(row.astype(np.float64)))[ids])
     count = max(int(np.searchsorted(cumulative, top_p, side="left")) + 1, min_keep)
     assert kept.ids is not None
@@ -742,7 +744,7 @@ def test_default_chain_works_on_survivors_after_top_k() -> None:
 def test_the_keyed_rank_order_is_lexsorts() -> None:
     """rank_order packs float32 values and ids into int64 keys for long rows: the same order as lexsort,
     with negative values, both zeros, infinities and ties among them."""
-    from tokenlab.sampling.candidates import rank_order, top_k_dense
+    from tokenlab.sampling.candidates import rank_order, sort_dense, top_k_dense
 
     rng = np.random.default_rng(5)
     values = np.round(rng.standard_normal(9_000) * 4, 1).astype(np.float32)  # many ties
@@ -761,3 +763,6 @@ def test_the_keyed_rank_order_is_lexsorts() -> None:
     np.testing.assert_array_equal(top_ids, ids[expected][:5_000])
     assert top_values.dtype == np.float64
     np.testing.assert_array_equal(top_values, values[expected][:5_000].astype(np.float64))
+    ranked_ids, ranked_values = sort_dense(row)  # the full ranking of the alive entries
+    np.testing.assert_array_equal(ranked_ids, ids[expected])
+    np.testing.assert_array_equal(ranked_values, values[expected].astype(np.float64))

@@ -340,6 +340,6 @@ def rank_order(ids: np.ndarray, values: np.ndarray, n_vocab: int) -> np.ndarray:
 def sort_dense(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ids and float64 logits of every alive entry of a NaN-free row, sorted (ties: lowest id)."""
     ids = np.flatnonzero(row > -np.inf)
-    values = row[ids].astype(np.float64)
-    order = np.argsort(-values, kind="stable")  # stable: equal logits keep ascending ids
-    return ids[order].astype(np.int64), values[order]
+    values = row[ids]
+    order = rank_order(ids, values, row.shape[0])  # ties: ascending ids
+    return ids[order].astype(np.int64), values[order].astype(np.float64)
