@@ -741,10 +741,10 @@ def test_default_chain_works_on_survivors_after_top_k() -> None:
     assert result.final_ids.shape[0] <= 40
 
 
-def test_the_keyed_rank_order_is_lexsorts() -> None:
-    """rank_order packs float32 values and ids into int64 keys for long rows: the same order as lexsort,
+def test_the_keyed_ranking_is_lexsorts() -> None:
+    """rank packs float32 values and ids into int64 keys for long rows: the same order as lexsort,
     with negative values, both zeros, infinities and ties among them."""
-    from tokenlab.sampling.candidates import rank_order, sort_dense, top_k_dense
+    from tokenlab.sampling.candidates import rank, sort_dense, top_k_dense
 
     rng = np.random.default_rng(5)
     values = np.round(rng.standard_normal(9_000) * 4, 1).astype(np.float32)  # many ties
@@ -753,16 +753,13 @@ def test_the_keyed_rank_order_is_lexsorts() -> None:
     values[7::389] = np.inf
     values[11::211] = -3.4028235e38
     ids = np.sort(rng.choice(262_144, values.shape[0], replace=False))
-    expected = np.lexsort((ids, -values.astype(np.float64)))
-    np.testing.assert_array_equal(rank_order(ids, values, 262_144), expected)
-    short = np.lexsort((ids[:100], -values[:100].astype(np.float64)))  # lexsort itself below the key size
-    np.testing.assert_array_equal(rank_order(ids[:100], values[:100], 262_144), short)
     row = np.full(262_144, -np.inf, dtype=np.float32)
     row[ids] = values
-    top_ids, top_values = top_k_dense(row, 5_000)
-    np.testing.assert_array_equal(top_ids, ids[expected][:5_000])
-    assert top_values.dtype == np.float64
-    np.testing.assert_array_equal(top_values, values[expected][:5_000].astype(np.float64))
-    ranked_ids, ranked_values = sort_dense(row)  # the full ranking of the alive entries
-    np.testing.assert_array_equal(ranked_ids, ids[expected])
-    np.testing.assert_array_equal(ranked_values, values[expected].astype(np.float64))
+    expected = np.lexsort((ids, -values.astype(np.float64)))
+    for got_ids, got_values, count in (rank(row, ids, values) + (9_000,), top_k_dense(row, 5_000) + (5_000,),
+                                       sort_dense(row) + (9_000,), rank(row, ids[:100], values[:100]) + (100,)):
+        want = expected if count != 100 else np.lexsort((ids[:100], -values[:100].astype(np.float64)))
+        source = ids if count != 100 else ids[:100]
+        assert got_ids.dtype == np.int64 and got_values.dtype == np.float64
+        np.testing.assert_array_equal(got_ids, source[want][:count])
+        np.testing.assert_array_equal(got_values, row[source[want][:count]].astype(np.float64))
