@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 import tokenlab.lab.commands as commands
@@ -156,3 +157,26 @@ def test_every_command_has_a_handler(engine: Engine) -> None:
                 if isinstance(value, type) and issubclass(value, LabCommand) and value is not LabCommand}
     controller = LabController(engine, LabSettings(prompt=PROMPT, autostart=False))
     assert declared and declared == set(controller._handlers)
+
+
+@pytest.mark.parametrize("knobs", [{}, {"top_k": 0, "top_p": 1.0, "min_p": 0.0}, {"top_k": 0}])
+def test_the_frontier_curves_match_a_full_ranking(knobs: dict) -> None:
+    """The lab's curves come from a ranking made once per frontier (raw) and from sorted values (final),
+    not from argsorts of the whole row on every knob turn: the same numbers as those argsorts."""
+    from tokenlab.lab.controller import log_ranks
+    from tokenlab.lab.step import Frontier
+    from tokenlab.sampling import SamplerParams
+
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal(70_000) * 2.0).astype(np.float32)
+    logits[::1_000] = -np.inf
+    logits[7] = np.nan  # counts as -inf
+    frontier = Frontier(logits=logits, history=(), params=SamplerParams(**knobs))
+    ranks = log_ranks(logits.shape[0])
+    cleaned = np.where(np.isnan(logits), -np.inf, logits)
+    expected_raw = frontier.raw.probs(np.argsort(-cleaned, kind="stable")[ranks])
+    np.testing.assert_array_equal(frontier.raw_curve(ranks), expected_raw)
+    np.testing.assert_array_equal(frontier.raw_curve(ranks), expected_raw)  # from the kept ranking
+    result = frontier.result
+    np.testing.assert_array_equal(result.sorted_final_probs(), np.sort(result.final_probs)[::-1])
+    assert result.n_final == result.final_ids.shape[0]

@@ -56,7 +56,7 @@ def inspect_command(
             "entropy": frontier.raw.entropy_bits,
             "final_entropy": final_entropy,
             "entropy_unit": "bits",
-            "survivors": int(result.final_ids.shape[0]),
+            "survivors": result.n_final,
             "stages": view.to_json()["stages"] if view is not None else stage_rows,
             **({"negative": [{"id": token_id, "text": engine.token_text(token_id), "prob": prob}
                              for token_id, prob in frontier.negative_top(opts.top_n)]}
@@ -80,7 +80,7 @@ def inspect_command(
         console.print(f"negative context's top (raw): {negative}", markup=False)
     console.print(
         f"entropy: raw {frontier.raw.entropy_bits:.3f} bits · final {final_entropy:.3f} bits · "
-        f"{result.final_ids.shape[0]:,} token{'s' if result.final_ids.shape[0] != 1 else ''} can be drawn"
+        f"{result.n_final:,} token{'s' if result.n_final != 1 else ''} can be drawn"
     )
 
 

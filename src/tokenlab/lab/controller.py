@@ -564,8 +564,8 @@ class LabController:
         assert self.engine is not None
         result = frontier.result
         ranks = log_ranks(frontier.logits.shape[0])
-        raw_curve = frontier.raw.probs(np.argsort(-frontier.logits, kind="stable")[ranks])
-        final_sorted = np.sort(result.final_probs)[::-1]
+        raw_curve = frontier.raw_curve(ranks)
+        final_sorted = result.sorted_final_probs()
         final_curve = np.where(ranks < final_sorted.shape[0], final_sorted[np.minimum(ranks, final_sorted.shape[0] - 1)], 0.0)
         return FrontierView(
             run_id=self.run_id,
@@ -576,7 +576,7 @@ class LabController:
             final_curve=final_curve,
             entropy=frontier.raw.entropy_bits,
             final_entropy=max(0.0, result.final_entropy_bits),
-            survivors=int(result.final_ids.shape[0]),
+            survivors=result.n_final,
             stages=tuple((stage.name, int(stage.n_kept)) for stage in result.stages),
             live=tuple(live_values(result)),
             negative=tuple((token, self.engine.token_text(token), prob)

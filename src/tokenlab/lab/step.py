@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams, raw_stats, truncated_raw_stats
+from tokenlab.sampling.candidates import sort_dense
 from tokenlab.sampling.constraint import TokenConstraint
 
 DEFAULT_TOP_N = 20
@@ -199,6 +200,7 @@ class Frontier:
     drawn_u: float | None = field(init=False, default=None)
     """The uniform number the last draw took (see Step.dice)."""
     _raw: RawStats | None = field(init=False, default=None, repr=False)
+    _raw_ranked: np.ndarray | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.pipeline is None or self.pipeline.params is not self.params:
@@ -218,6 +220,22 @@ class Frontier:
         if self._raw is None:
             self._raw = raw_stats(self.logits) if self.rest_mass is None else truncated_raw_stats(self.logits, self.rest_mass)
         return self._raw
+
+    def raw_curve(self, ranks: np.ndarray) -> np.ndarray:
+        """Raw probabilities of the tokens at 0-based `ranks` of the raw ranking (0 past the alive ones).
+
+        The ranking is made once per frontier (knob turns re-run only the pipeline).
+        """
+        if self._raw_ranked is None:
+            row = self.logits
+            if np.isnan(row.max()):  # NaN logits count as -inf, as everywhere else
+                row = np.where(np.isnan(row), -np.inf, row)
+            self._raw_ranked = sort_dense(row)[0]
+        ranked = self._raw_ranked
+        curve = np.zeros(ranks.shape[0])
+        inside = ranks < ranked.shape[0]
+        curve[inside] = self.raw.probs(ranked[ranks[inside]])
+        return curve
 
     @property
     def seen(self) -> int | None:

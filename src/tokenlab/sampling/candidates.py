@@ -334,8 +334,9 @@ def rank(row: np.ndarray, ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarr
         return ids[order].astype(np.int64), values[order].astype(np.float64)
     shift = max(1, int(row.shape[0] - 1).bit_length())
     negated = -values + np.float32(0.0)  # -0.0 and 0.0 become one key, as they compare equal
-    bits = negated.view(np.int32).astype(np.int64)
-    bits = np.where(bits < 0, bits ^ 0x7FFF_FFFF, bits)  # negative floats: larger bits, smaller value
+    bits = negated.view(np.int32)
+    # negative floats: larger magnitude bits, smaller value; flipping all but the sign bit orders them
+    bits = (bits ^ ((bits >> 31) & np.int32(0x7FFF_FFFF))).astype(np.int64)
     keys = (bits << shift) | ids
     keys.sort()
     ranked_ids = keys & ((1 << shift) - 1)
