@@ -763,3 +763,44 @@ def test_the_keyed_ranking_is_lexsorts() -> None:
         assert got_ids.dtype == np.int64 and got_values.dtype == np.float64
         np.testing.assert_array_equal(got_ids, source[want][:count])
         np.testing.assert_array_equal(got_values, row[source[want][:count]].astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_draw_deep_in_a_flat_distribution_is_the_full_rankings(dtype: type) -> None:
+    """The draw ranks a few hundred tokens first, then eight times as many while u falls past their mass:
+    every u picks the token the inverse CDF over the whole ranked row picks."""
+    rng = np.random.default_rng(8)
+    logits = (rng.standard_normal(30_000) * 0.5).astype(dtype)
+    logits[::7] = np.round(logits[::7], 1)  # ties
+    logits[::13] = -np.inf
+    result = Pipeline(SamplerParams(top_k=0, top_p=1.0, min_p=0.0, temperature=1.3)).run(logits)
+    assert result.final.ids is None and result.n_final > 20_000
+    dense = result.dense_probs()
+    alive = np.flatnonzero(dense > 0)
+    ranked = alive[np.lexsort((alive, -dense[alive]))]
+    cumulative = np.cumsum(dense[ranked])
+    for u in [0.0, 0.01, 0.2, 0.5, 0.77, 0.9, 0.99, 0.999, 0.99999, *rng.random(20)]:
+        expected = ranked[min(int(np.searchsorted(cumulative, u, side="right")), ranked.shape[0] - 1)]
+        fresh = Pipeline(result.params).run(logits)  # no ranking cached from an earlier draw
+        assert fresh.draw(None, u=float(u)) == expected, u
+
+
+@pytest.mark.parametrize("ties", ["few", "many"])
+def test_float64_ranking_is_lexsorts(ties: str) -> None:
+    from tokenlab.sampling.candidates import rank
+
+    rng = np.random.default_rng(9)
+    values = rng.standard_normal(20_000) / 0.7
+    values[::50] = np.round(values[::50], 1) if ties == "few" else values[::50]
+    if ties == "many":
+        values = np.round(values, 2)
+    values[::301] = 0.0
+    values[1::301] = -0.0
+    values[2::997] = np.inf
+    ids = np.sort(rng.choice(100_000, values.shape[0], replace=False))
+    row = np.full(100_000, -np.inf)
+    row[ids] = values
+    got_ids, got_values = rank(row, ids, values)
+    order = np.lexsort((ids, -values))
+    np.testing.assert_array_equal(got_ids, ids[order])
+    np.testing.assert_array_equal(got_values, values[order])

@@ -329,9 +329,11 @@ def rank(row: np.ndarray, ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarr
     themselves (no argsort) gives the same order, and the ids are their low bits: 4.5 ms for 262,144
     entries where a stable argsort took 50 ms.
     """
-    if values.dtype != np.float32 or values.shape[0] < _KEYED_RANK_MIN:
+    if values.shape[0] < _KEYED_RANK_MIN or values.dtype not in (np.float32, np.float64):
         order = np.lexsort((ids, -values.astype(np.float64)))
         return ids[order].astype(np.int64), values[order].astype(np.float64)
+    if values.dtype == np.float64:
+        return _rank_float64(ids, values)
     shift = max(1, int(row.shape[0] - 1).bit_length())
     negated = -values + np.float32(0.0)  # -0.0 and 0.0 become one key, as they compare equal
     bits = negated.view(np.int32)
@@ -341,6 +343,28 @@ def rank(row: np.ndarray, ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarr
     keys.sort()
     ranked_ids = keys & ((1 << shift) - 1)
     return ranked_ids, row[ranked_ids].astype(np.float64)
+
+
+def _rank_float64(ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """rank() of float64 values, whose 64 bits leave no room for an id in one key: an unstable sort of
+    the order-preserving integer keys, then lexsort only over the runs of equal values (ids ascending).
+    About 1.7 times faster than lexsort over a 262,144-token row with few ties."""
+    keys = (-values + 0.0).view(np.int64)  # -0.0 and 0.0 become one key, as they compare equal
+    keys = keys ^ ((keys >> 63) & np.int64(0x7FFF_FFFF_FFFF_FFFF))
+    order = np.argsort(keys)
+    ranked_keys = keys[order]
+    tied = ranked_keys[1:] == ranked_keys[:-1]
+    n_tied = int(np.count_nonzero(tied))
+    if n_tied > order.shape[0] // 16:  # mostly ties (rounded logits): lexsort does better
+        order = np.lexsort((ids, -values))
+    elif n_tied:
+        in_run = np.zeros(order.shape[0], dtype=bool)
+        in_run[1:] |= tied
+        in_run[:-1] |= tied
+        positions = np.flatnonzero(in_run)  # contiguous runs, keys non-decreasing across them
+        members = order[positions]
+        order[positions] = members[np.lexsort((ids[members], ranked_keys[positions]))]
+    return ids[order].astype(np.int64), values[order]
 
 
 def sort_dense(row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -448,12 +448,18 @@ class PipelineResult:
             and "_ranked" not in self.__dict__
             and self.final.count() > _DRAW_PARTIAL
         ):
-            # Rank only the best few hundred; sort fully only when u falls past their mass.
-            best = self.final.top(_DRAW_PARTIAL)
-            assert best.ids is not None
-            cumulative = np.cumsum(self._dense_final[best.ids])
-            if u < cumulative[-1]:
-                return int(best.ids[int(np.searchsorted(cumulative, u, side="right"))])
+            # Rank only the best few hundred, then eight times as many while u falls past their mass:
+            # the ranked prefix's running sums are the first ones of the full ranking's, so the token is
+            # the same. Sort fully only when u falls past the mass of all but the last few.
+            size = _DRAW_PARTIAL
+            count = self.final.count()
+            while size < count:
+                best = self.final.top(size)
+                assert best.ids is not None
+                cumulative = np.cumsum(self._dense_final[best.ids])
+                if u < cumulative[-1]:
+                    return int(best.ids[int(np.searchsorted(cumulative, u, side="right"))])
+                size *= 8
         probs = self.final_probs
         cumulative = np.cumsum(probs)
         index = int(np.searchsorted(cumulative, u, side="right"))
