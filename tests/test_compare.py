@@ -90,3 +90,23 @@ def test_compare_command_prints_both_sides_and_rejects_bad_knobs() -> None:
         bad = tokenlab("compare", PROMPT, *args)
         assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_only_one_sets_tokens_are_its_most_likely_first_without_ranking_a_dense_row() -> None:
+    """With a dense final distribution on one side (temperature only) the tokens only it can draw are its
+    most likely ones, ties by id, and their mass is all of them: what ranking every id would give."""
+    rng = np.random.default_rng(2)
+    logits = (rng.standard_normal(40_000) * 1.5).astype(np.float32)
+    logits[::9] = np.round(logits[::9], 1)
+    dense, narrow = SamplerParams(top_k=0, top_p=1.0, min_p=0.0), SamplerParams(top_k=5)
+    frontier = Frontier(logits=logits, history=(), params=dense, rng_key=(1, 0))
+    step = compare_frontier(frontier, narrow, str)
+    a = frontier.result
+    b = Frontier(logits=logits, history=(), params=narrow).result
+    only = np.setdiff1d(a.final_ids, b.final_ids)
+    probs = a.probs_of(only)
+    expected = only[np.lexsort((only, -probs))][: len(step.only_a)]
+    assert len(step.only_a) == 8
+    assert [row.id for row in step.only_a] == expected.tolist()
+    assert step.only_a_mass == pytest.approx(float(probs.sum()), rel=1e-12)
+    assert step.only_b == () and step.only_b_mass == 0.0

@@ -21,6 +21,7 @@ from tokenlab.engine import Engine, Utf8Stream
 from tokenlab.engine.batch import BatchDecoder
 from tokenlab.lab.step import DEFAULT_TOP_N, Frontier
 from tokenlab.sampling import Pipeline, SamplerParams
+from tokenlab.sampling.candidates import top_k_dense
 from tokenlab.sampling.constraint import constraint_of
 
 
@@ -102,11 +103,20 @@ def compare_frontier(
             for i, token_id in enumerate(id_array.tolist())
         )
 
+    def survivors(result: Any) -> np.ndarray:
+        """A mask over the vocabulary of the tokens `result` can draw (no ranking of a dense final row)."""
+        if result.final.ids is None:
+            alive: np.ndarray = result.final.logits > -np.inf
+            return alive
+        mask = np.zeros(result.n_vocab, dtype=bool)
+        mask[result.final.ids] = True
+        return mask
+
     def only(mine: Any, theirs: Any) -> tuple[np.ndarray, float]:
-        ids_only = np.setdiff1d(mine.final_ids, theirs.final_ids, assume_unique=True)
+        ids_only = np.flatnonzero(survivors(mine) & ~survivors(theirs))  # ascending ids
         probs = mine.probs_of(ids_only) if ids_only.shape[0] else np.zeros(0)
-        order = np.argsort(-probs, kind="stable")[:only_n]
-        return ids_only[order], float(probs.sum())
+        best, _ = top_k_dense(probs, only_n)  # most likely first, ties: the lower id
+        return ids_only[best], float(probs.sum())
 
     only_a_ids, only_a_mass = only(a, b)
     only_b_ids, only_b_mass = only(b, a)
