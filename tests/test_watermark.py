@@ -267,3 +267,22 @@ def test_stage_view_shows_the_watermark_moving_probabilities(tmp_path) -> None:
     save_preset("marked", params.replace(watermark_scheme="selfhash"), tmp_path / "presets.toml")
     loaded = load_preset("marked", tmp_path / "presets.toml")
     assert (loaded.watermark_key, loaded.watermark_scheme) == (77, "selfhash")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logprob_moments_taken_with_the_statistics_match_the_separate_passes(dtype: type) -> None:
+    """raw_stats(..., moments=True) computes the moments from the weights the entropy summed: the same
+    numbers as logprob_moments' own float64 passes (to float32 rounding for a float32 row)."""
+    rng = np.random.default_rng(4)
+    logits = (rng.standard_normal(50_000) * 3).astype(dtype)
+    logits[::17] = -np.inf
+    logits[5::101] -= 200  # weights that underflow
+    together = raw_stats(logits, moments=True).logprob_moments()
+    separate = raw_stats(logits).logprob_moments()
+    rel = 1e-12 if dtype == np.float64 else 1e-6
+    assert together[0] == pytest.approx(separate[0], rel=rel)
+    assert together[1] == pytest.approx(separate[1], rel=rel)
+    assert together[0] == pytest.approx(-raw_stats(logits).entropy_bits * math.log(2), rel=1e-12)
+    small = np.array([2.0, 1.0, 0.0, -1.0, -np.inf])
+    assert raw_stats(small, moments=True).logprob_moments() == pytest.approx(raw_stats(small).logprob_moments(),
+                                                                             rel=1e-12)

@@ -205,7 +205,7 @@ def score_tokens(
             return
         target = full[target_index]
         rest_mass = getattr(engine, "last_rest_mass", None)
-        stats = raw_stats(logits) if rest_mass is None else truncated_raw_stats(logits, rest_mass)
+        stats = raw_stats(logits, moments=True) if rest_mass is None else truncated_raw_stats(logits, rest_mass)
         top_ids = stats.top_ids(top_n) if top_n else np.empty(0, dtype=np.int64)
         if rest_mass is not None:
             top_ids = top_ids[np.isfinite(logits[top_ids])]

@@ -64,6 +64,7 @@ class RawStats:
     __slots__ = (
         "_argmax",
         "_exp32",
+        "_moments",
         "_kernel",
         "_log_total",
         "_total",
@@ -75,8 +76,9 @@ class RawStats:
         "n_vocab",
     )
 
-    def __init__(self, row: np.ndarray) -> None:
+    def __init__(self, row: np.ndarray, *, moments: bool = False) -> None:
         self.n_vocab = int(row.shape[0])
+        self._moments: tuple[float, float] | None = None
         self._argmax: int | None = None
         self._n_inf = 0
         # log(sum(exp(logits - max_logit))), kept apart so that huge logits lose no precision
@@ -129,6 +131,14 @@ class RawStats:
             if not math.isfinite(weighted):  # -inf logits: leave them out
                 alive = weights > 0
                 weighted = float(np.einsum("i,i->", weights[alive], shifted[alive]))
+            if moments:  # while the weights are at hand: one more pass instead of logprob_moments' five
+                with np.errstate(invalid="ignore", over="ignore"):
+                    second = float(np.einsum("i,i,i->", weights, shifted, shifted))
+                if not math.isfinite(second):  # 0 * inf: tokens with no weight add nothing
+                    alive = weights > 0
+                    second = float(np.einsum("i,i,i->", weights[alive], shifted[alive], shifted[alive]))
+                mean_shift = weighted / total  # E[logit - max]; log p = (logit - max) - log(total)
+                self._moments = (mean_shift - math.log(total), max(0.0, second / total - mean_shift**2))
             self._total = total
             self._log_total = math.log(total)
             self.log_normalizer = top + self._log_total
@@ -197,6 +207,8 @@ class RawStats:
         expectation and variance of a token's log-likelihood under the scoring model.  One more
         pass over the row, so only callers that need them pay for it.
         """
+        if self._moments is not None:
+            return self._moments
         if self._n_inf or self.max_logit == -math.inf:
             count = self._n_inf or self.n_vocab  # uniform over the +inf tokens or the whole row
             return -math.log(count), 0.0
@@ -230,9 +242,9 @@ class RawStats:
         )
 
 
-def raw_stats(logits: object) -> RawStats:
+def raw_stats(logits: object, *, moments: bool = False) -> RawStats:
     """Statistics of softmax(logits) at T = 1: float64 normaliser, entropy in bits."""
-    return RawStats(as_row(logits))
+    return RawStats(as_row(logits), moments=moments)
 
 
 def truncated_raw_stats(logits: object, rest_mass: float) -> RawStats:
