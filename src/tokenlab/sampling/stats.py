@@ -114,7 +114,8 @@ class RawStats:
                 np.copyto(weights, weights32)
             elif self._exp32:
                 shifted32, weights32 = _scratch(self.n_vocab, np.float32)
-                np.subtract(row, np.float32(top), out=shifted32)
+                with np.errstate(over="ignore"):  # -2.8e35 - 3.4e38 rounds past FLT_MAX: -inf, a weight of 0
+                    np.subtract(row, np.float32(top), out=shifted32)
                 np.exp(shifted32, out=weights32)
                 shifted, weights = _scratch(self.n_vocab)
                 np.copyto(shifted, shifted32)  # two widening copies and a float64 einsum cost less
@@ -181,7 +182,8 @@ class RawStats:
             self._kernel(np.ascontiguousarray(self._row[ids]), self.max_logit, weights32)
             return weights32.astype(np.float64) / self._total
         if self._exp32:  # the very weights the normaliser summed, so the probabilities sum to 1
-            weights = np.exp(self._row[ids] - np.float32(self.max_logit))
+            with np.errstate(over="ignore"):  # as in __init__: past FLT_MAX is -inf, a weight of 0
+                weights = np.exp(self._row[ids] - np.float32(self.max_logit))
             return weights.astype(np.float64) / self._total
         with np.errstate(over="ignore"):  # -1e308 - 1e308 is -inf: probability 0
             probs: np.ndarray = np.exp((logits - self.max_logit) - self._log_total)
