@@ -103,17 +103,9 @@ def compare_frontier(
             for i, token_id in enumerate(id_array.tolist())
         )
 
-    def survivors(result: Any) -> np.ndarray:
-        """A mask over the vocabulary of the tokens `result` can draw (no ranking of a dense final row)."""
-        if result.final.ids is None:
-            alive: np.ndarray = result.final.logits > -np.inf
-            return alive
-        mask = np.zeros(result.n_vocab, dtype=bool)
-        mask[result.final.ids] = True
-        return mask
-
     def only(mine: Any, theirs: Any) -> tuple[np.ndarray, float]:
-        ids_only = np.flatnonzero(survivors(mine) & ~survivors(theirs))  # ascending ids
+        # survivor masks, not final_ids: a dense final row need not be ranked for this
+        ids_only = np.flatnonzero(mine.final.alive_mask() & ~theirs.final.alive_mask())  # ascending ids
         probs = mine.probs_of(ids_only) if ids_only.shape[0] else np.zeros(0)
         best, _ = top_k_dense(probs, only_n)  # most likely first, ties: the lower id
         return ids_only[best], float(probs.sum())

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from tokenlab.sampling import Pipeline, PipelineResult, RawStats, SamplerParams, raw_stats, truncated_raw_stats
-from tokenlab.sampling.candidates import sort_dense
 from tokenlab.sampling.constraint import TokenConstraint
 
 DEFAULT_TOP_N = 20
@@ -227,10 +226,7 @@ class Frontier:
         The ranking is made once per frontier (knob turns re-run only the pipeline).
         """
         if self._raw_ranked is None:
-            row = self.logits
-            if np.isnan(row.max()):  # NaN logits count as -inf, as everywhere else
-                row = np.where(np.isnan(row), -np.inf, row)
-            self._raw_ranked = sort_dense(row)[0]
+            self._raw_ranked = self.raw.ranked_ids()
         ranked = self._raw_ranked
         curve = np.zeros(ranks.shape[0])
         inside = ranks < ranked.shape[0]

@@ -141,6 +141,15 @@ class Candidates:
             return bool(self.logits[token_id] > -np.inf)
         return bool(np.any(self.ids == token_id))
 
+    def alive_mask(self) -> np.ndarray:
+        """A boolean mask over the vocabulary: True for each alive candidate."""
+        if self.ids is None:
+            alive: np.ndarray = self.logits > -np.inf
+            return alive
+        mask = np.zeros(self.n_vocab, dtype=bool)
+        mask[self.ids] = True
+        return mask
+
     def contains_many(self, ids: np.ndarray) -> np.ndarray:
         """For each id, whether it is alive here (vectorised `contains`)."""
         if self.ids is None:

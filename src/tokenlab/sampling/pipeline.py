@@ -443,11 +443,7 @@ class PipelineResult:
         if u is None:
             assert rng is not None
             u = rng.random()
-        if (
-            self.final.ids is None
-            and "_ranked" not in self.__dict__
-            and self.final.count() > _DRAW_PARTIAL
-        ):
+        if self.final.ids is None and "_ranked" not in self.__dict__:
             # Rank only the best few hundred, then eight times as many while u falls past their mass:
             # the ranked prefix's running sums are the first ones of the full ranking's, so the token is
             # the same. Sort fully only when u falls past the mass of all but the last few.

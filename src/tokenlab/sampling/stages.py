@@ -414,8 +414,8 @@ class TopP(Stage):
 
         The ranked row's probabilities are the row's largest values in non-increasing order, so their
         running sums are the running sums of the values sorted alone. Those are taken over the
-        largest k values only (a partition, then a sort of k values), k doubling from `start` until
-        the sums reach p. A full argsort of a flat 262,144-token row cost ~40 ms.
+        largest k values only (a partition, then a sort of k values), k growing fourfold from `start`
+        until the sums reach p. A full argsort of a flat 262,144-token row cost ~40 ms.
         """
         size = probs.shape[0]
         k = start

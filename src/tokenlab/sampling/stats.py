@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from tokenlab.sampling.candidates import as_row, top_k_dense
+from tokenlab.sampling.candidates import as_row, sort_dense, top_k_dense
 
 _SCRATCH = threading.local()
 
@@ -193,6 +193,11 @@ class RawStats:
         """Number of tokens with a strictly greater logit (0 for the most likely token)."""
         logit = self._row[self._check(token_id)]
         return int(np.count_nonzero(self._row > logit))
+
+    def ranked_ids(self) -> np.ndarray:
+        """Ids of every token with a finite or +inf logit, most likely first (ties: lowest id first)."""
+        ids, _ = sort_dense(self._row)
+        return ids
 
     def top_ids(self, n: int) -> np.ndarray:
         """Ids of the n most likely tokens, most likely first (ties: lowest id first)."""
